@@ -46,6 +46,10 @@ class Config:
                               "Attempts to open a locked/busy HDF5 file before giving up.", "hdf5")
     open_retry_wait: float = _knob(0.25, "CUBEFIT_OPEN_RETRY_WAIT",
                                    "Seconds between open attempts (doubles, capped at 5 s).", "hdf5")
+    atomic_copy_max_bytes: int = _knob(
+        2 * 1024**3, "CUBEFIT_ATOMIC_COPY_MAX_BYTES",
+        "Files up to this size are edited on a copy that replaces the original only when the "
+        "edit succeeded (crash-safe); larger ones are edited in place after validation.", "hdf5")
 
     # --- Multiprocessing & BLAS -------------------------------------------------
     mp_ctx: str = _knob("forkserver", "CUBEFIT_MP_CTX",

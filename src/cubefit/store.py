@@ -1,0 +1,610 @@
+"""The HDF5 file: one galaxy per file, the CubeFit manual's layout (DESIGN §4).
+
+Inputs live at the root (``/Templates (P, T)``, ``/TemPix (T,)``, ``/ObsPix (L,)``,
+``/DataCube (S, L)``, ``/LOSVD (S, V, C)``, ``/VelPix (V,)``, ``/R_T``, optional
+``/Mask (L,)``, ``/Noise (S, L)``, ``/CompWeights (C,)``, ``/PopAxes/<name>``); built
+artefacts under ``/HyperCube``; fit results at ``/X_global`` and ``/Fit``.
+
+Every dataset is written through :func:`write_dataset`, which attaches the
+``units`` and ``description`` attributes of :data:`SCHEMA`.  Every public call
+validates all of its inputs before it touches the file, and edits of files up to
+``Config.atomic_copy_max_bytes`` are made on a copy that replaces the original
+only on success, so a failed or killed call leaves an existing file as it was.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+import scipy.sparse as sp
+
+from . import C_KMS, __version__
+from .config import Config, get_config
+from .grids import check_log_grid, edges_from_centres, rebin_matrix
+from .losvd import check_losvd, check_vel_grid, kernel_half_width
+
+log = logging.getLogger(__name__)
+
+__all__ = ["H5Dims", "H5Manager", "open_h5", "write_dataset", "read_rebin", "describe_file",
+           "SCHEMA", "TEMPLATE_PAD_PX"]
+
+TEMPLATE_PAD_PX = 2
+"""Template pixels kept beyond the kernel half-width when cropping, so that the
+exact-overlap rebin of the outermost observed bins is fully covered."""
+
+# name -> (units, one-line meaning).  Names ending in "/" are prefixes.
+SCHEMA: dict[str, tuple[str, str]] = {
+    "/Templates": ("template flux density (normalised, see attrs)",
+                   "template spectra (P, T) on the ln-λ template grid /TemPix"),
+    "/TemPix": ("ln(Angstrom)", "template grid: natural-log wavelength of pixel centres (T,)"),
+    "/ObsPix": ("ln(Angstrom)", "observed grid: natural-log wavelength of pixel centres (L,)"),
+    "/VelPix": ("km/s", "LOSVD velocity-bin centres (V,); positive = redshift"),
+    "/DataCube": ("data flux density", "observed spectra (S, L), one row per spaxel/aperture"),
+    "/LOSVD": ("histogram weight", "LOSVD histograms (S, V, C) per spaxel and component"),
+    "/Mask": ("bool (True = use)", "wavelength mask (L,) used by builder and solver"),
+    "/Noise": ("data flux density", "1-sigma noise (S, L); inverse variance = 1/Noise^2"),
+    "/CompWeights": ("fraction", "target light fraction of each component (C,), unit sum"),
+    "/PopAxes/": ("see attrs", "population-grid axis values (e.g. age in Gyr, [M/H] in dex)"),
+    "/R_T": ("fraction of output bin", "sparse exact-overlap rebin template grid -> observed grid"),
+    "/R_T/data": ("fraction of output bin", "CSR values of R (L, T)"),
+    "/R_T/indices": ("template pixel index", "CSR column indices of R (L, T)"),
+    "/R_T/indptr": ("index", "CSR row pointers of R (L, T)"),
+    "/HyperCube/data_flux": ("data flux density",
+                             "per-spaxel mean of /DataCube over unmasked pixels (S,)"),
+}
+
+
+@dataclass(frozen=True)
+class H5Dims:
+    """Problem dimensions, with the manual's names.
+
+    ``nSpat`` S spaxels, ``nLSpec`` L observed pixels, ``nTSpec`` T template pixels,
+    ``nVel`` V LOSVD bins, ``nComp`` C components, ``nPop`` P populations.
+    """
+
+    nSpat: int
+    nLSpec: int
+    nTSpec: int
+    nVel: int
+    nComp: int
+    nPop: int
+
+    def __post_init__(self):
+        for k, v in asdict(self).items():
+            if int(v) != v or v < 1:
+                raise ValueError(f"H5Dims.{k} must be a positive integer, got {v!r}")
+
+    S = property(lambda self: self.nSpat)
+    L = property(lambda self: self.nLSpec)
+    T = property(lambda self: self.nTSpec)
+    V = property(lambda self: self.nVel)
+    C = property(lambda self: self.nComp)
+    P = property(lambda self: self.nPop)
+
+
+# ----------------------------------------------------------------------------- opening
+
+def _locking(cfg: Config):
+    v = str(cfg.hdf5_use_file_locking).strip().upper()
+    if v in ("FALSE", "0", "NO", "OFF"):
+        return False
+    if v == "BEST_EFFORT":
+        return "best-effort"
+    return True
+
+
+def open_h5(path, mode: str = "r", *, swmr: bool = False, config: Config | None = None,
+            retries: int | None = None, **kwargs) -> h5py.File:
+    """Open an HDF5 file with the configured chunk cache, locking policy and retries.
+
+    ``mode`` is h5py's.  ``swmr=True`` opens for single-writer/multiple-reader:
+    readers see a writer's flushed data live; a writer (mode ``"a"``/``"r+"``)
+    switches the file to SWMR after opening (it needs the latest file format).
+    A file that is busy (locked by another process) is retried ``retries`` times
+    with a doubling wait; a missing file fails at once.
+    """
+    cfg = config or get_config()
+    path = Path(path)
+    if mode == "r" and not path.exists():
+        raise FileNotFoundError(f"{path}: no such HDF5 file")
+    kw = dict(rdcc_nbytes=cfg.rdcc_nbytes, rdcc_nslots=cfg.rdcc_nslots, rdcc_w0=cfg.rdcc_w0,
+              locking=_locking(cfg))
+    if swmr and mode == "r":
+        kw["swmr"] = True
+    if swmr and mode != "r":
+        kw["libver"] = "latest"
+    kw.update(kwargs)
+    n = cfg.open_retries if retries is None else retries
+    wait = cfg.open_retry_wait
+    for attempt in range(n + 1):
+        try:
+            f = h5py.File(path, mode, **kw)
+            break
+        except (OSError, BlockingIOError) as exc:
+            if isinstance(exc, FileNotFoundError) or attempt == n:
+                raise OSError(f"{path}: cannot open in mode {mode!r} after {attempt + 1} attempts "
+                              f"({exc}); is another process writing it?") from exc
+            time.sleep(wait)
+            wait = min(2 * wait, 5.0)
+    if swmr and mode != "r":
+        f.swmr_mode = True
+    return f
+
+
+@contextlib.contextmanager
+def _edit(path: Path, cfg: Config):
+    """Yield an h5py.File to modify; the change reaches ``path`` only if the block succeeds.
+
+    Small files are edited on a sibling copy that atomically replaces the original,
+    so a crash mid-write cannot corrupt it; files above ``cfg.atomic_copy_max_bytes``
+    are edited in place (callers validate everything first).
+    """
+    path = Path(path)
+    exists = path.exists()
+    if exists and path.stat().st_size > cfg.atomic_copy_max_bytes:
+        with open_h5(path, "r+", config=cfg) as f:
+            yield f
+        return
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        if exists:
+            shutil.copy2(path, tmp)
+        with open_h5(tmp, "r+" if exists else "w", config=cfg, retries=0) as f:
+            yield f
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+# ----------------------------------------------------------------------------- writing
+
+def _schema_entry(name: str) -> tuple[str, str]:
+    if name in SCHEMA:
+        return SCHEMA[name]
+    for key, val in SCHEMA.items():
+        if key.endswith("/") and name.startswith(key):
+            return val
+    raise KeyError(f"{name} has no entry in cubefit.store.SCHEMA; add its units and meaning there")
+
+
+def write_dataset(f: h5py.File, name: str, data, *, units: str | None = None,
+                  description: str | None = None, **create_kw) -> h5py.Dataset:
+    """(Re)create dataset ``name`` with ``units`` and ``description`` attributes.
+
+    Units and description default to :data:`SCHEMA`; a name missing from it must
+    pass both explicitly, so no dataset is ever written without them.
+    """
+    if units is None or description is None:
+        su, sd = _schema_entry(name)
+        units = su if units is None else units
+        description = sd if description is None else description
+    if name in f:
+        del f[name]
+    ds = f.create_dataset(name, data=data, **create_kw)
+    ds.attrs["units"] = units
+    ds.attrs["description"] = description
+    return ds
+
+
+def _stamp(f: h5py.File) -> None:
+    f.attrs["cubefit_version"] = __version__
+    f.attrs["modified_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _fingerprint(*arrays) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        if a is None:
+            h.update(b"none")
+            continue
+        a = np.ascontiguousarray(a)
+        h.update(str((a.dtype.str, a.shape)).encode())
+        h.update(a.data)
+    return h.hexdigest()
+
+
+def read_rebin(f: h5py.File, name: str = "/R_T") -> sp.csr_matrix:
+    """The rebin operator as CSR ``(L, T)``, whatever way the file stores it.
+
+    Accepts CubeFit's sparse group (``data``/``indices``/``indptr`` + ``shape``)
+    and the seed's dense dataset in either orientation (attribute
+    ``orientation`` ``"TL"``/``"LT"``; without it, the shape against ``/ObsPix``).
+    """
+    if name not in f:
+        raise KeyError(f"{f.filename}: {name} missing; run H5Manager.ensure_rebin_and_resample()")
+    obj = f[name]
+    if isinstance(obj, h5py.Group):
+        shape = tuple(int(v) for v in obj.attrs["shape"])
+        return sp.csr_matrix((obj["data"][...], obj["indices"][...], obj["indptr"][...]), shape=shape)
+    dense = obj[...]
+    orient = obj.attrs.get("orientation", None)
+    if orient is None:
+        L = f["/ObsPix"].shape[0]
+        orient = "LT" if dense.shape[0] == L and dense.shape[1] != L else "TL"
+    orient = orient.decode() if isinstance(orient, bytes) else str(orient)
+    return sp.csr_matrix(dense if orient == "LT" else dense.T)
+
+
+# ----------------------------------------------------------------------------- manager
+
+class H5Manager:
+    """Create, populate and validate a CubeFit HDF5 file (the manual's ``H5Manager``).
+
+    Parameters
+    ----------
+    path : the HDF5 file (created by :meth:`init_base` if missing).
+    tem_pix : ``(T,)`` template grid, ln(λ/Å) pixel centres, uniform step.
+    obs_pix : ``(L,)`` observed grid, ln(λ/Å) pixel centres, uniform step ≥ the template step.
+    vel_pix : ``(V,)`` LOSVD velocity-bin centres in km/s, uniform, straddling 0.  May
+        also be given to :meth:`populate_from_arrays`; see there for the default.
+    config : settings; default :func:`cubefit.config.get_config`.
+    """
+
+    def __init__(self, path, tem_pix=None, obs_pix=None, vel_pix=None, *,
+                 config: Config | None = None):
+        self.path = Path(path)
+        self.config = config or get_config()
+        self.tem_pix = None if tem_pix is None else np.asarray(tem_pix, dtype=np.float64)
+        self.obs_pix = None if obs_pix is None else np.asarray(obs_pix, dtype=np.float64)
+        self.vel_pix = None if vel_pix is None else np.asarray(vel_pix, dtype=np.float64)
+        if self.tem_pix is not None:
+            check_log_grid(self.tem_pix, "/TemPix (tem_pix)")
+        if self.obs_pix is not None:
+            check_log_grid(self.obs_pix, "/ObsPix (obs_pix)")
+        if self.vel_pix is not None:
+            check_vel_grid(self.vel_pix, "/VelPix (vel_pix)")
+
+    # -- reading helpers ------------------------------------------------------------
+    def _read(self, name):
+        if not self.path.exists():
+            return None
+        with open_h5(self.path, "r", config=self.config) as f:
+            return f[name][...] if name in f else None
+
+    def dims(self) -> H5Dims:
+        """Dimensions recorded in the file (after template cropping)."""
+        with open_h5(self.path, "r", config=self.config) as f:
+            if "dims" not in f.attrs:
+                raise KeyError(f"{self.path}: no dimensions recorded; call init_base(H5Dims(...)) first")
+            return H5Dims(**{k: int(v) for k, v in zip(f.attrs["dims_names"], f.attrs["dims"])})
+
+    # -- init ----------------------------------------------------------------------------
+    def init_base(self, dims: H5Dims, *, overwrite: bool = False) -> None:
+        """Create the file with its dimensions and (if given) the spectral grids.
+
+        On an existing file with the same dimensions this only (re)writes the grids
+        it was given; different dimensions are refused unless ``overwrite=True``,
+        which starts a new, empty file.
+        """
+        if not isinstance(dims, H5Dims):
+            raise TypeError(f"init_base expects H5Dims(...), got {type(dims).__name__}")
+        for grid, n, name in ((self.tem_pix, dims.nTSpec, "/TemPix (tem_pix)"),
+                              (self.obs_pix, dims.nLSpec, "/ObsPix (obs_pix)"),
+                              (self.vel_pix, dims.nVel, "/VelPix (vel_pix)")):
+            if grid is not None and grid.size != n:
+                raise ValueError(f"{name} has {grid.size} pixels but H5Dims says {n}; "
+                                 "make the dimensions match the grid")
+        fresh = overwrite or not self.path.exists()
+        if not fresh:
+            old = self.dims()
+            if old.nSpat != dims.nSpat or old.nLSpec != dims.nLSpec or old.nComp != dims.nComp \
+                    or old.nPop != dims.nPop or old.nVel != dims.nVel:
+                raise ValueError(f"{self.path} already holds dims {old}, not {dims}; "
+                                 "use another file or init_base(..., overwrite=True) to start afresh")
+        if fresh and self.path.exists():
+            tmp = self.path.with_name(f".{self.path.name}.new-{os.getpid()}")
+            try:
+                self._write_base(tmp, dims, new=True)
+                os.replace(tmp, self.path)
+            finally:
+                if tmp.exists():
+                    tmp.unlink()
+            return
+        self._write_base(self.path, dims, new=fresh)
+
+    def _write_base(self, path, dims, new):
+        with _edit(Path(path), self.config) as f:
+            if new:
+                f.attrs["created_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+                f.attrs["dims_names"] = list(asdict(dims))
+                f.attrs["dims"] = np.array(list(asdict(dims).values()), dtype=np.int64)
+                f.attrs["requested_dims"] = f.attrs["dims"]
+            if self.tem_pix is not None and (new or "/Templates" not in f):
+                write_dataset(f, "/TemPix", self.tem_pix)
+            if self.obs_pix is not None:
+                write_dataset(f, "/ObsPix", self.obs_pix)
+            if self.vel_pix is not None:
+                write_dataset(f, "/VelPix", self.vel_pix)
+            _stamp(f)
+
+    # -- populate ------------------------------------------------------------------------
+    def populate_from_arrays(self, *, losvd, datacube, templates, mask=None, vel_pix=None,
+                             noise=None, orbit_weights=None, pop_axes=None,
+                             axis_units=None, data_unit=None, template_unit=None) -> H5Dims:
+        """Validate and store the fit's inputs; returns the stored dimensions.
+
+        Parameters
+        ----------
+        losvd : ``(S, V, C)`` non-negative LOSVD histograms on ``vel_pix``.
+        datacube : ``(S, L)`` observed spectra on ``/ObsPix``.  ``(L, S)`` is accepted
+            only when unambiguous (S ≠ L) and is transposed, with a log message.
+        templates : ``(P, T)`` template spectra on ``/TemPix``.  They are cropped to
+            the observed range plus the LOSVD kernel half-width ``K`` (+2 pixels);
+            a template grid that does not reach that far is an error.
+        mask : ``(L,)`` bool, True = use this pixel.  Default: all used.
+        vel_pix : ``(V,)`` km/s.  Default: the grid given to the constructor, else the
+            file's ``/VelPix``, else (with a warning) V bins of one template pixel
+            (``velscale_T``) centred on 0 — only valid if the histograms were made so.
+        noise : ``(S, L)`` 1-σ noise, positive (``inf`` ignores a pixel).
+        orbit_weights : ``(C,)`` target light fractions (stored unit-sum in ``/CompWeights``).
+        pop_axes : mapping ``name -> values`` of the population grid in template order
+            (row-major), e.g. ``{"age": ages_gyr, "metal": mh_dex}``; the product of
+            the lengths must be P.  ``axis_units`` gives their units.
+        data_unit, template_unit : strings stored as the ``units`` of the flux datasets.
+        """
+        cfg = self.config
+        tem_pix = self.tem_pix if self.tem_pix is not None else self._read("/TemPix")
+        obs_pix = self.obs_pix if self.obs_pix is not None else self._read("/ObsPix")
+        if tem_pix is None or obs_pix is None:
+            raise ValueError(f"{self.path}: /TemPix and /ObsPix are unknown; pass tem_pix= and "
+                             "obs_pix= to H5Manager(...) and call init_base first")
+        dlog_t = check_log_grid(tem_pix, "/TemPix")
+        dlog_l = check_log_grid(obs_pix, "/ObsPix")
+        if dlog_l < dlog_t * (1 - 1e-9):
+            raise ValueError(f"/ObsPix step {C_KMS * dlog_l:.4g} km/s is finer than the /TemPix step "
+                             f"{C_KMS * dlog_t:.4g} km/s; rebin the templates to a finer velscale")
+        L, T_in = obs_pix.size, tem_pix.size
+
+        if vel_pix is None:
+            vel_pix = self.vel_pix if self.vel_pix is not None else self._read("/VelPix")
+        H = np.asarray(losvd)
+        if H.ndim != 3:
+            raise ValueError(f"/LOSVD (losvd): expected (S, V, C), got shape {H.shape}")
+        S, V, C = H.shape
+        if vel_pix is None:
+            if V % 2 == 0:
+                raise ValueError(f"/VelPix: not given and cannot be defaulted for an even number "
+                                 f"of bins V={V}; pass vel_pix= (km/s)")
+            vel_pix = (np.arange(V) - V // 2) * C_KMS * dlog_t
+            log.warning("vel_pix not given: assuming LOSVD bins of one template pixel "
+                        "(%.3f km/s) centred on 0, range ±%.1f km/s; pass vel_pix= if not so",
+                        C_KMS * dlog_t, vel_pix[-1])
+        vel_pix = np.asarray(vel_pix, dtype=np.float64)
+        check_vel_grid(vel_pix, "/VelPix")
+        if vel_pix.size != V:
+            raise ValueError(f"/VelPix has {vel_pix.size} bins but /LOSVD (S, V, C) has V={V}; "
+                             "give a histogram per velocity bin")
+        check_losvd(H, vel_pix, "/LOSVD", axis=1)
+
+        Y = np.asarray(datacube)
+        if Y.ndim != 2:
+            raise ValueError(f"/DataCube (datacube): expected (S, L) = ({S}, {L}), got shape {Y.shape}")
+        if Y.shape == (S, L) and S == L:
+            log.info("/DataCube is square (S = L = %d): taken as (S, L)", S)
+        elif Y.shape != (S, L):
+            if Y.shape == (L, S):
+                log.info("/DataCube given as (L, S) = %s: transposed to (S, L)", Y.shape)
+                Y = Y.T
+            else:
+                raise ValueError(f"/DataCube (datacube): expected (S, L) = ({S}, {L}) from /LOSVD and "
+                                 f"/ObsPix, got shape {Y.shape}")
+        if not np.all(np.isfinite(Y)):
+            bad = np.argwhere(~np.isfinite(Y))
+            raise ValueError(f"/DataCube: {len(bad)} non-finite values (first at spaxel {bad[0][0]}, "
+                             f"pixel {bad[0][1]}); replace them by 0 and give noise=np.inf there, "
+                             "or mask those wavelengths")
+
+        Tm = np.asarray(templates)
+        if Tm.ndim != 2 or Tm.shape[1] != T_in:
+            raise ValueError(f"/Templates (templates): expected (P, T) with T = len(/TemPix) = {T_in}, "
+                             f"got shape {Tm.shape}")
+        P = Tm.shape[0]
+        if not np.all(np.isfinite(Tm)):
+            bad = np.argwhere(~np.isfinite(Tm))
+            raise ValueError(f"/Templates: {len(bad)} non-finite values (first at template {bad[0][0]}, "
+                             f"pixel {bad[0][1]}); clean or drop those templates")
+
+        if mask is None:
+            m = np.ones(L, dtype=bool)
+        else:
+            m = np.asarray(mask)
+            if m.shape != (L,):
+                raise ValueError(f"/Mask (mask): expected ({L},) booleans, got shape {m.shape}")
+            if m.dtype != bool:
+                if not np.all(np.isin(m, (0, 1))):
+                    raise ValueError("/Mask (mask): expected booleans (True = use), got other values")
+                m = m.astype(bool)
+            if not m.any():
+                raise ValueError("/Mask (mask): every pixel is masked out (all False); "
+                                 "True means use the pixel")
+
+        sig = None
+        if noise is not None:
+            sig = np.asarray(noise, dtype=np.float64)
+            if sig.shape == (L, S) and sig.shape != (S, L):
+                sig = sig.T
+            if sig.shape != (S, L):
+                raise ValueError(f"/Noise (noise): expected (S, L) = ({S}, {L}), got shape {sig.shape}")
+            if np.any(np.isnan(sig)) or np.any(sig <= 0):
+                n_bad = int(np.sum(np.isnan(sig) | (sig <= 0)))
+                raise ValueError(f"/Noise: {n_bad} values are NaN or ≤ 0; noise must be positive "
+                                 "(use np.inf to ignore a pixel)")
+
+        cw = None
+        if orbit_weights is not None:
+            cw = np.asarray(orbit_weights, dtype=np.float64).ravel()
+            if cw.size != C or not np.all(np.isfinite(cw)) or np.any(cw < 0) or cw.sum() <= 0:
+                raise ValueError(f"/CompWeights (orbit_weights): expected {C} finite non-negative "
+                                 f"fractions with a positive sum, got {np.array2string(cw, precision=3)}")
+            cw = cw / cw.sum()
+
+        axes = {}
+        if pop_axes is not None:
+            axes = {str(k): np.asarray(v, dtype=np.float64).ravel() for k, v in dict(pop_axes).items()}
+            shape = tuple(v.size for v in axes.values())
+            if int(np.prod(shape)) != P:
+                raise ValueError(f"pop_axes: grid shape {shape} holds {int(np.prod(shape))} populations "
+                                 f"but /Templates has P={P}; order templates row-major over the axes")
+
+        # Template coverage: the observed range plus the kernel half-width (DESIGN §2).
+        K = kernel_half_width(vel_pix, dlog_t)
+        obs_edges = edges_from_centres(obs_pix)
+        tem_edges = edges_from_centres(tem_pix)
+        need_lo = obs_edges[0] - (K + TEMPLATE_PAD_PX) * dlog_t
+        need_hi = obs_edges[-1] + (K + TEMPLATE_PAD_PX) * dlog_t
+        short_lo = (tem_edges[0] - need_lo) / dlog_t
+        short_hi = (need_hi - tem_edges[-1]) / dlog_t
+        if short_lo > 1e-6 or short_hi > 1e-6:
+            raise ValueError(
+                f"/TemPix covers {np.exp(tem_edges[0]):.2f}-{np.exp(tem_edges[-1]):.2f} Å but the observed "
+                f"range {np.exp(obs_edges[0]):.2f}-{np.exp(obs_edges[-1]):.2f} Å plus the LOSVD kernel "
+                f"half-width K={K} px (max|VelPix|={np.max(np.abs(vel_pix)):.0f} km/s) needs "
+                f"{np.exp(need_lo):.2f}-{np.exp(need_hi):.2f} Å: short by {max(short_lo, 0):.1f} px "
+                f"blue, {max(short_hi, 0):.1f} px red; use wider templates or a narrower velocity grid")
+        i0 = int(np.floor((need_lo - tem_edges[0]) / dlog_t + 1e-9))
+        i1 = T_in - int(np.floor((tem_edges[-1] - need_hi) / dlog_t + 1e-9))
+        tem_c = tem_pix[i0:i1]
+        T = tem_c.size
+
+        no_light = np.flatnonzero(H.sum(axis=(1, 2)) <= 0)
+        if no_light.size:
+            log.warning("%d spaxels have all-zero LOSVDs in every component (model is zero there): %s",
+                        no_light.size, no_light[:20].tolist())
+
+        flux = (Y[:, m].mean(axis=1)).astype(np.float64)
+        fp = _fingerprint(Tm[:, i0:i1], tem_c, obs_pix, vel_pix, H, Y, m, sig)
+
+        dims = H5Dims(nSpat=S, nLSpec=L, nTSpec=T, nVel=V, nComp=C, nPop=P)
+        s_chunk = max(1, min(S, (1 << 20) // (8 * max(L, V * C))))
+        with _edit(self.path, cfg) as f:
+            if "dims" not in f.attrs:
+                f.attrs["created_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            f.attrs["dims_names"] = list(asdict(dims))
+            f.attrs["dims"] = np.array(list(asdict(dims).values()), dtype=np.int64)
+            f.attrs["inputs_fingerprint"] = fp
+            write_dataset(f, "/TemPix", tem_c)
+            write_dataset(f, "/ObsPix", obs_pix)
+            write_dataset(f, "/VelPix", vel_pix)
+            ds = write_dataset(f, "/Templates", Tm[:, i0:i1].astype(np.float64),
+                               units=template_unit or SCHEMA["/Templates"][0],
+                               description=SCHEMA["/Templates"][1])
+            ds.attrs["crop_i_lo"], ds.attrs["crop_i_hi"], ds.attrs["T_len_in"] = i0, i1, T_in
+            ds.attrs["kernel_half_width_px"] = K
+            ds.attrs["velscale_kms"] = C_KMS * dlog_t
+            ds.attrs["pop_axes"] = list(axes)
+            ds.attrs["pop_shape"] = np.array([v.size for v in axes.values()] or [P], dtype=np.int64)
+            write_dataset(f, "/DataCube", Y.astype(np.float64), chunks=(s_chunk, L),
+                          units=data_unit or SCHEMA["/DataCube"][0],
+                          description=SCHEMA["/DataCube"][1])
+            write_dataset(f, "/LOSVD", H.astype(np.float64), chunks=(s_chunk, V, C))
+            write_dataset(f, "/Mask", m)
+            if sig is not None:
+                write_dataset(f, "/Noise", sig, chunks=(s_chunk, L),
+                              units=data_unit or SCHEMA["/Noise"][0], description=SCHEMA["/Noise"][1])
+            elif "/Noise" in f:
+                del f["/Noise"]
+            if cw is not None:
+                write_dataset(f, "/CompWeights", cw)
+            if "/PopAxes" in f:
+                del f["/PopAxes"]
+            for k, v in axes.items():
+                ds = write_dataset(f, f"/PopAxes/{k}", v,
+                                   units=(axis_units or {}).get(k, _default_axis_unit(k)))
+            ds = write_dataset(f, "/HyperCube/data_flux", flux,
+                               units=data_unit or SCHEMA["/HyperCube/data_flux"][0],
+                               description=SCHEMA["/HyperCube/data_flux"][1])
+            ds.attrs["source"] = "/DataCube + /Mask"
+            if "/R_T" in f:  # the template grid may have changed with the crop
+                del f["/R_T"]
+            _stamp(f)
+        return dims
+
+    # -- rebin ---------------------------------------------------------------------------
+    def ensure_rebin_and_resample(self, *, force: bool = False) -> sp.csr_matrix:
+        """Build ``/R_T`` (sparse CSR ``(L, T)``) from the stored grids if missing or stale.
+
+        Returns the operator.  The grids it was built from are fingerprinted in its
+        attributes, so a stale operator is rebuilt, never silently reused.
+        """
+        with open_h5(self.path, "r", config=self.config) as f:
+            for name in ("/TemPix", "/ObsPix"):
+                if name not in f:
+                    raise KeyError(f"{self.path}: {name} missing; call init_base/populate_from_arrays first")
+            tem, obs = f["/TemPix"][...], f["/ObsPix"][...]
+            key = _fingerprint(tem, obs)
+            if not force and "/R_T" in f and f["/R_T"].attrs.get("grids_fingerprint", "") == key:
+                return read_rebin(f)
+        check_log_grid(tem, "/TemPix")
+        check_log_grid(obs, "/ObsPix")
+        R = rebin_matrix(tem, obs)
+        rows = np.asarray(R.sum(axis=1)).ravel()
+        if np.any(np.abs(rows - 1) > 1e-9):
+            bad = np.flatnonzero(np.abs(rows - 1) > 1e-9)
+            raise ValueError(f"/R_T: observed pixels {bad[:10].tolist()} are not fully covered by "
+                             "/TemPix; extend the templates")
+        with _edit(self.path, self.config) as f:
+            if "/R_T" in f:
+                del f["/R_T"]
+            g = f.create_group("/R_T")
+            g.attrs["units"], g.attrs["description"] = SCHEMA["/R_T"]
+            g.attrs["format"], g.attrs["orientation"] = "csr", "LT"
+            g.attrs["shape"] = np.array(R.shape, dtype=np.int64)
+            g.attrs["grids_fingerprint"] = key
+            write_dataset(f, "/R_T/data", R.data)
+            write_dataset(f, "/R_T/indices", R.indices.astype(np.int32))
+            write_dataset(f, "/R_T/indptr", R.indptr.astype(np.int64))
+            _stamp(f)
+        return R
+
+
+def _default_axis_unit(name: str) -> str:
+    return {"age": "Gyr", "metal": "dex", "metallicity": "dex", "alpha": "dex",
+            "imf": "slope"}.get(name.lower(), "")
+
+
+# ----------------------------------------------------------------------------- describe
+
+def describe_file(path, config: Config | None = None) -> dict:
+    """Summary of a CubeFit file: dims, datasets (shape, dtype, units, meaning), attrs.
+
+    Returns ``{"path", "attrs": {...}, "datasets": [(name, shape, dtype, units, meaning)],
+    "stages": {stage: bool}}``.
+    """
+    rows = []
+    with open_h5(path, "r", config=config) as f:
+        attrs = {k: _plain(v) for k, v in f.attrs.items()}
+
+        def visit(name, obj):
+            if isinstance(obj, h5py.Dataset):
+                rows.append(("/" + name, tuple(obj.shape), str(obj.dtype),
+                             _plain(obj.attrs.get("units", "")), _plain(obj.attrs.get("description", ""))))
+        f.visititems(visit)
+        stages = {
+            "inputs": all(n in f for n in ("/Templates", "/DataCube", "/LOSVD", "/VelPix")),
+            "rebin": "/R_T" in f,
+            "hypercube": "/HyperCube/models" in f,
+            "lambda_weights": "/HyperCube/lambda_weights" in f,
+            "fit": "/X_global" in f,
+        }
+    return {"path": str(path), "attrs": attrs, "datasets": sorted(rows), "stages": stages}
+
+
+def _plain(v):
+    if isinstance(v, bytes):
+        return v.decode()
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
