@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from cubefit import C_KMS
+from reference import dense_overlap
 from cubefit.grids import (check_log_grid, crop_range, edges_from_centres, log_grid, log_rebin,
                            rebin_matrix, velscale_of)
 
@@ -80,16 +81,6 @@ def test_log_rebin_total_flux_exact_when_grid_fills_input():
 
 
 # --- rebin_matrix -----------------------------------------------------------------
-
-def dense_overlap(src, dst):
-    """R[l, t] = |bin_l ∩ bin_t| / |bin_l| by a plain double loop (reference)."""
-    se, de = edges_from_centres(src), edges_from_centres(dst)
-    R = np.zeros((dst.size, src.size))
-    for l in range(dst.size):
-        for t in range(src.size):
-            R[l, t] = max(0.0, min(de[l + 1], se[t + 1]) - max(de[l], se[t])) / (de[l + 1] - de[l])
-    return R
-
 
 @pytest.mark.parametrize("ratio, shift", [(2.7, 0.3), (1.0, 0.5), (3.0, 0.0), (0.6, 0.2)])
 def test_rebin_matrix_matches_dense_overlap(ratio, shift):

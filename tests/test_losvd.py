@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from cubefit import C_KMS
-from cubefit.losvd import (check_losvd, check_vel_grid, convolve_kernels, fft_length,
+from reference import brute_force_convolve
+from cubefit.losvd import (norm_factors, check_losvd, check_vel_grid, convolve_kernels, fft_length,
                            gauss_hermite_losvd, kernel_half_width, kernel_spectra,
                            losvd_amplitudes, losvd_kernels, pixel_velocities)
 
@@ -124,12 +125,6 @@ def test_kernel_recovers_gaussian_moments(v0, sigma_pix):
 
 # --- convolution ------------------------------------------------------------------
 
-def brute_force(spec, h):
-    """Σ_k h(k) spec[t-k] with zeros outside, via np.convolve('full') cropped by K."""
-    K = h.size // 2
-    return np.convolve(spec, h, mode="full")[K:K + spec.size]
-
-
 def test_convolve_matches_np_convolve_including_edges():
     rng = np.random.default_rng(2)
     T, K = 300, 17
@@ -139,7 +134,7 @@ def test_convolve_matches_np_convolve_including_edges():
     h = rng.normal(size=2 * K + 1)                              # asymmetric, signed
     out = convolve_kernels(spec, h)
     assert out.shape == (T,)
-    assert np.allclose(out, brute_force(spec, h), rtol=0, atol=1e-12)
+    assert np.allclose(out, brute_force_convolve(spec, h), rtol=0, atol=1e-12)
 
 
 def test_convolve_broadcasts_over_leading_axes():
@@ -151,7 +146,7 @@ def test_convolve_broadcasts_over_leading_axes():
     assert out.shape == (S, P, T)
     for s in range(S):
         for p in range(P):
-            assert np.allclose(out[s, p], brute_force(spec[0, p], kern[s, 0]), rtol=0, atol=1e-12)
+            assert np.allclose(out[s, p], brute_force_convolve(spec[0, p], kern[s, 0]), rtol=0, atol=1e-12)
     # (P, T) with a single (2K+1,) kernel keeps (P, T)
     assert convolve_kernels(spec[0], kern[0, 0]).shape == (P, T)
 
@@ -262,3 +257,28 @@ def test_gauss_hermite_h4_changes_variance(h4):
 def test_gauss_hermite_rejects_bad_sigma():
     with pytest.raises(ValueError, match="sigma"):
         gauss_hermite_losvd(VEL, 0.0, [100.0, 0.0])
+
+
+def test_norm_factors_model_and_data():
+    amp = np.array([[1.0, 3.0], [0.0, 0.0], [2.0, 2.0]])
+    F = np.array([8.0, 5.0, 1.0])
+    np.testing.assert_array_equal(norm_factors(amp, "model"), amp)
+    np.testing.assert_allclose(norm_factors(amp, "data", F), [[2.0, 6.0], [0.0, 0.0], [0.5, 0.5]])
+    with pytest.raises(ValueError, match="data_flux"):
+        norm_factors(amp, "data")
+    with pytest.raises(ValueError, match="not one of"):
+        norm_factors(amp, "flux")
+
+
+def test_direct_reference_agrees_with_fast_kernels():
+    """The loop reference of tests/reference.py and losvd_kernels agree (both from DESIGN §2)."""
+    from reference import direct_kernel
+    rng = np.random.default_rng(5)
+    vel = np.linspace(-400, 400, 41)
+    H = rng.random((3, 41, 2))
+    H[1, :, 0] = 0.0
+    dlog = 30.0 / C_KMS
+    fast = losvd_kernels(H, vel, dlog, axis=1)
+    for s in range(3):
+        for c in range(2):
+            np.testing.assert_allclose(fast[s, c], direct_kernel(H[s, :, c], vel, dlog), atol=1e-15)

@@ -29,7 +29,7 @@ from . import C_KMS
 
 __all__ = ["check_vel_grid", "check_losvd", "kernel_half_width", "pixel_velocities",
            "losvd_kernels", "losvd_amplitudes", "fft_length", "kernel_spectra",
-           "convolve_kernels", "gauss_hermite_losvd", "AMP_MODES"]
+           "convolve_kernels", "gauss_hermite_losvd", "norm_factors", "AMP_MODES", "NORM_MODES"]
 
 AMP_MODES = ("sum", "trapz")
 """Valid ``mode`` values of :func:`losvd_amplitudes`."""
@@ -261,3 +261,28 @@ def gauss_hermite_losvd(vel_pix, v, sigma, h3=0.0, h4=0.0) -> np.ndarray:
     herm4 = (4 * y2 * y2 - 12 * y2 + 3) / np.sqrt(24)
     dens = np.exp(-0.5 * y2) / (sigma * np.sqrt(2 * np.pi)) * (1 + h3 * herm3 + h4 * herm4)
     return np.clip(dens, 0.0, None) * dv
+
+
+NORM_MODES = ("model", "data")
+"""Valid normalisation modes of the model columns (DESIGN §2)."""
+
+
+def norm_factors(amp, mode: str, data_flux=None) -> np.ndarray:
+    """Per-(spaxel, component) column scale ``g (S, C)`` of DESIGN §2.
+
+    ``amp (S, C)`` are LOSVD amplitudes; ``mode="model"`` gives ``g = a``;
+    ``mode="data"`` gives ``g = F[s] · a[s,c] / Σ_c' a[s,c']`` with ``data_flux``
+    ``F (S,)``.  A spaxel whose amplitudes are all zero has no model (g = 0).
+    """
+    a = np.asarray(amp, dtype=np.float64)
+    if mode == "model":
+        return a.copy()
+    if mode != "data":
+        raise ValueError(f"norm mode {mode!r} is not one of {NORM_MODES}")
+    if data_flux is None:
+        raise ValueError("norm mode 'data' needs data_flux (S,) = /HyperCube/data_flux")
+    F = np.asarray(data_flux, dtype=np.float64)
+    if F.shape != a.shape[:1]:
+        raise ValueError(f"data_flux: expected ({a.shape[0]},), got shape {F.shape}")
+    tot = a.sum(axis=1, keepdims=True)
+    return np.divide(F[:, None] * a, tot, out=np.zeros_like(a), where=tot > 0)

@@ -33,7 +33,7 @@ from .losvd import check_losvd, check_vel_grid, kernel_half_width
 
 log = logging.getLogger(__name__)
 
-__all__ = ["H5Dims", "H5Manager", "open_h5", "write_dataset", "read_rebin", "describe_file",
+__all__ = ["H5Dims", "H5Manager", "Inputs", "open_h5", "read_inputs", "write_dataset", "read_rebin", "describe_file",
            "SCHEMA", "TEMPLATE_PAD_PX"]
 
 TEMPLATE_PAD_PX = 2
@@ -608,3 +608,57 @@ def _plain(v):
     if isinstance(v, np.generic):
         return v.item()
     return v
+
+
+@dataclass
+class Inputs:
+    """The fit's inputs read back from a file (float64 arrays).
+
+    ``templates (P, T)``, ``tem_pix (T,)``, ``obs_pix (L,)``, ``vel_pix (V,)``,
+    ``losvd (S, V, C)``, ``datacube (S, L)``, ``mask (L,)`` bool, ``noise (S, L)`` or
+    None, ``R`` CSR ``(L, T)``, ``data_flux (S,)``, ``comp_weights (C,)`` or None,
+    ``pop_axes`` {name: values}.
+    """
+
+    path: Path
+    dims: H5Dims
+    templates: np.ndarray
+    tem_pix: np.ndarray
+    obs_pix: np.ndarray
+    vel_pix: np.ndarray
+    losvd: np.ndarray
+    datacube: np.ndarray
+    mask: np.ndarray
+    noise: np.ndarray | None
+    R: sp.csr_matrix
+    data_flux: np.ndarray
+    comp_weights: np.ndarray | None
+    pop_axes: dict
+
+    @property
+    def dlog_t(self) -> float:
+        return check_log_grid(self.tem_pix, "/TemPix")
+
+    @property
+    def ivar(self) -> np.ndarray | None:
+        """Inverse variance ``(S, L)`` from ``/Noise`` (0 where the noise is infinite)."""
+        return None if self.noise is None else 1.0 / self.noise**2
+
+
+def read_inputs(path, config: Config | None = None) -> Inputs:
+    """Read a populated file's inputs (run ``ensure_rebin_and_resample`` first)."""
+    with open_h5(path, "r", config=config) as f:
+        missing = [n for n in ("/Templates", "/TemPix", "/ObsPix", "/VelPix", "/LOSVD", "/DataCube")
+                   if n not in f]
+        if missing:
+            raise KeyError(f"{path}: missing {missing}; run H5Manager.populate_from_arrays first")
+        get = lambda n: f[n][...] if n in f else None  # noqa: E731
+        dims = H5Dims(**{k: int(v) for k, v in zip(f.attrs["dims_names"], f.attrs["dims"])})
+        mask = get("/Mask")
+        return Inputs(path=Path(path), dims=dims, templates=get("/Templates"), tem_pix=get("/TemPix"),
+                      obs_pix=get("/ObsPix"), vel_pix=get("/VelPix"), losvd=get("/LOSVD"),
+                      datacube=get("/DataCube"),
+                      mask=np.ones(dims.nLSpec, bool) if mask is None else mask.astype(bool),
+                      noise=get("/Noise"), R=read_rebin(f), data_flux=get("/HyperCube/data_flux"),
+                      comp_weights=get("/CompWeights"),
+                      pop_axes={k: v[...] for k, v in f["/PopAxes"].items()} if "/PopAxes" in f else {})
