@@ -331,3 +331,20 @@ def test_mock_velocity_grid_matches_template_pixels(small_mock):
     np.testing.assert_allclose(np.diff(m.vel_pix), dv, rtol=1e-12)
     assert m.vel_pix[m.vel_pix.size // 2] == 0.0
     assert sp.issparse(rebin_matrix(m.tem_pix, m.obs_pix))
+
+
+def test_populate_from_template_library(tmp_path, small_mock):
+    from cubefit.templates import TemplateLibrary
+    m = small_mock
+    lib = TemplateLibrary(flux=m.templates, ln_lam=m.tem_pix, velscale=C_KMS * np.diff(m.tem_pix).mean(),
+                          pop_axes=m.pop_axes, grid_shape=(3, 2), axis_units={"age": "Gyr", "metal": "dex"},
+                          fwhm=2.51, flux_unit="L_sun/Angstrom/M_sun", norm=None)
+    path = tmp_path / "lib.h5"
+    mgr = H5Manager(path, tem_pix=m.tem_pix, obs_pix=m.obs_pix)
+    mgr.populate_from_arrays(losvd=m.losvd, datacube=m.datacube, templates=lib, vel_pix=m.vel_pix)
+    with h5py.File(path, "r") as f:
+        assert f["/Templates"].attrs["units"] == "L_sun/Angstrom/M_sun"
+        np.testing.assert_array_equal(f["/PopAxes/metal"][...], m.pop_axes["metal"])
+    with pytest.raises(ValueError, match="ln_lam differs"):
+        H5Manager(path, tem_pix=m.tem_pix[1:], obs_pix=m.obs_pix).populate_from_arrays(
+            losvd=m.losvd, datacube=m.datacube, templates=lib, vel_pix=m.vel_pix)

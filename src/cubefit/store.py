@@ -339,7 +339,9 @@ class H5Manager:
         losvd : ``(S, V, C)`` non-negative LOSVD histograms on ``vel_pix``.
         datacube : ``(S, L)`` observed spectra on ``/ObsPix``.  ``(L, S)`` is accepted
             only when unambiguous (S ≠ L) and is transposed, with a log message.
-        templates : ``(P, T)`` template spectra on ``/TemPix``.  They are cropped to
+        templates : ``(P, T)`` template spectra on ``/TemPix``, or a
+            :class:`cubefit.templates.TemplateLibrary` on that grid (its population
+            axes, their units and its flux unit are then used).  They are cropped to
             the observed range plus the LOSVD kernel half-width ``K`` (+2 pixels);
             a template grid that does not reach that far is an error.
         mask : ``(L,)`` bool, True = use this pixel.  Default: all used.
@@ -405,6 +407,16 @@ class H5Manager:
                              f"pixel {bad[0][1]}); replace them by 0 and give noise=np.inf there, "
                              "or mask those wavelengths")
 
+        if hasattr(templates, "flux") and hasattr(templates, "ln_lam"):  # a TemplateLibrary
+            lib = templates
+            if lib.ln_lam.shape != tem_pix.shape or not np.allclose(lib.ln_lam, tem_pix, rtol=0,
+                                                                     atol=1e-9):
+                raise ValueError("/Templates (templates): the library's ln_lam differs from /TemPix; "
+                                 "create H5Manager with tem_pix=library.ln_lam")
+            pop_axes = dict(lib.pop_axes) if pop_axes is None else pop_axes
+            axis_units = dict(lib.axis_units) if axis_units is None else axis_units
+            template_unit = template_unit or getattr(lib, "flux_unit", None)
+            templates = lib.flux
         Tm = np.asarray(templates)
         if Tm.ndim != 2 or Tm.shape[1] != T_in:
             raise ValueError(f"/Templates (templates): expected (P, T) with T = len(/TemPix) = {T_in}, "
