@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import math
 import os
 import re
@@ -53,6 +54,8 @@ import numpy as np
 from . import C_KMS
 from .config import get_config
 from .grids import check_log_grid, edges_from_centres, log_rebin
+
+log = logging.getLogger(__name__)
 
 __all__ = ["TemplateLibrary", "fetch_emiles", "emiles_dir", "parse_miles_name",
            "EDGE_PIX", "PPXF_VERSION", "EMILES_PATTERN", "EMILES_COUNT", "MILES_FLUX_UNIT"]
@@ -757,6 +760,9 @@ def _remove_stale_tmp(root: Path) -> None:
 
 def _pip_download(dest: Path, target: Path) -> Path:
     cmd = _download_cmd(dest)
+    # pip's own progress bar is swallowed by capture_output; say what the wait is for.
+    log.info("fetching E-MILES: downloading ppxf==%s (25 MB) from PyPI into the cache %s",
+             PPXF_VERSION, target)
     try:
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     except (OSError, subprocess.TimeoutExpired) as err:
