@@ -1,0 +1,506 @@
+"""Matrix-free LOSVD operator ``A`` and its adjoint (DESIGN §3).
+
+The model of the global fit (DESIGN §2) is, for spaxel ``s`` and observed pixel ``l``,
+
+    (A x)[s, l] = Σ_c g[s,c] · (R (h_sc ⊛ M_c))[l],        M = X T,  X = x.reshape(C, P)
+
+with templates ``T (P, T)``, unit-area LOSVD kernels ``h_sc`` on template pixels,
+column scales ``g (S, C)`` (:func:`cubefit.losvd.norm_factors`) and the sparse
+exact-overlap rebin ``R (L, T)``.  :class:`LOSVDOperator` applies ``A`` and ``Aᵀ``
+without materialising the ``(S, C, P, L)`` hypercube:
+
+* forward: ``M = X T`` (one ``(C×P)·(P×T)`` product), ``M̂ = rfft(M)`` (``C`` FFTs of
+  length ``nfft = fft_length(T, K)``), per spaxel ``Ẑ_s = Σ_c g ĥ_sc ⊙ M̂_c``
+  (``S·C·F`` complex multiply-adds, ``F = nfft//2 + 1``), ``S`` inverse FFTs cropped to
+  ``T`` pixels, sparse rebin;
+* adjoint: ``v_s = Rᵀ r_s``, ``V̂_s = rfft(pad(v_s))``, ``Ĝ_c = Σ_s g conj(ĥ_sc) ⊙ V̂_s``,
+  ``G = crop(irfft(Ĝ))``, ``∇ = G Tᵀ`` — the same cost.
+
+Why the adjoint is exact: with zero padding to ``nfft``, the forward map of one
+component is ``M_c ↦ crop_T(circconv(pad(M_c), h_sc))``.  The adjoint of a circular
+convolution with a real kernel is the circular correlation with it, whose spectrum is
+``conj(ĥ) ⊙ V̂``; the adjoint of the zero pad is the crop and vice versa.  Both the
+correlation and the convolution are real signals computed through their (Hermitian)
+half spectra, so no real-FFT weighting enters: the dot test holds to rounding.
+
+The weighted system
+-------------------
+The objective ``f(x) = ½ Σ_s Σ_l m_l w_l ι[s,l] (Y[s,l] − (A x)[s,l])²`` is written as
+``½‖Ã x − ỹ‖²`` with row scales ``d[s,l] = sqrt(m_l w_l ι[s,l])``, ``Ã = diag(d) A`` and
+``ỹ = d ⊙ Y`` (``m`` mask, ``w`` λ-weights, ``ι`` inverse variance; absent ones are 1).
+:meth:`LOSVDOperator.matvec` / :meth:`~LOSVDOperator.rmatvec` /
+:meth:`~LOSVDOperator.as_linear_operator` are the *weighted* ``Ã`` of shape
+``(S·L, C·P)``, rows ordered ``s·L + l`` and columns ``c·P + p`` (DESIGN §2);
+:meth:`~LOSVDOperator.model` is the unweighted ``A x`` as ``(S, L)`` for reconstruction.
+
+Kernel spectra ``g[s,c]·ĥ_sc`` are computed per tile of spaxels and kept for the
+following applies while the cache fits in ``memory_budget``; tiles beyond it are
+recomputed at every apply (same code, bit-identical results).
+"""
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import scipy.fft
+import scipy.sparse as sp
+from scipy.sparse.linalg import LinearOperator
+
+from .grids import check_log_grid, edges_from_centres, rebin_matrix
+from .losvd import (AMP_MODES, NORM_MODES, check_losvd, check_vel_grid, fft_length,
+                    kernel_half_width, kernel_spectra, losvd_amplitudes, losvd_kernels,
+                    norm_factors)
+
+__all__ = ["LOSVDOperator", "DEFAULT_MEMORY_BUDGET"]
+
+DEFAULT_MEMORY_BUDGET = 2 * 1024**3
+"""Default bytes the operator may hold: cached kernel spectra plus per-tile work arrays."""
+
+_DTYPES = {np.dtype(np.float64): np.dtype(np.complex128), np.dtype(np.float32): np.dtype(np.complex64)}
+
+
+def _as_float(name, a, shape, dtype=np.float64, fix=""):
+    """``a`` as a finite float array of ``shape``; ``ValueError`` naming ``name`` otherwise."""
+    arr = np.asarray(a)
+    if arr.shape != tuple(shape):
+        raise ValueError(f"{name}: expected shape {tuple(shape)}, got {arr.shape}{fix}")
+    arr = arr.astype(dtype, copy=False)
+    if not np.all(np.isfinite(arr)):
+        idx = tuple(int(i) for i in np.argwhere(~np.isfinite(arr))[0])
+        raise ValueError(f"{name}: expected finite values, got {int(np.sum(~np.isfinite(arr)))} "
+                         f"non-finite (first at index {idx})")
+    return arr
+
+
+def _non_negative(name, arr):
+    if np.any(arr < 0):
+        idx = tuple(int(i) for i in np.argwhere(arr < 0)[0])
+        raise ValueError(f"{name}: expected non-negative values, got {int(np.sum(arr < 0))} "
+                         f"negative (first at index {idx}, minimum {float(arr.min()):.6g})")
+
+
+class LOSVDOperator:
+    """The weighted model operator ``Ã = diag(d) A`` of the global fit, matrix-free.
+
+    Parameters
+    ----------
+    templates : ``(P, T)`` template spectra on ``tem_pix``.
+    tem_pix : ``(T,)`` ln λ of the template pixel centres (uniform).
+    obs_pix : ``(L,)`` ln λ of the observed pixel centres (uniform, step ≥ template step).
+    vel_pix : ``(V,)`` LOSVD bin centres, km/s.
+    losvd : ``(S, V, C)`` non-negative LOSVD histograms.
+    R : sparse ``(L, T)`` rebin matrix (``/R_T``); default :func:`cubefit.grids.rebin_matrix`.
+    norm_mode : ``"model"`` (``g = a``) or ``"data"`` (``g = F·a/Σ_c a``), DESIGN §2.
+    amp_mode : ``"sum"`` or ``"trapz"``: LOSVD amplitude ``a[s,c]``.
+    data_flux : ``(S,)`` ``F[s]`` for ``norm_mode="data"``; default: mean of ``datacube``
+        over unmasked pixels.  Must be finite and positive where a spaxel has a model.
+    datacube : ``(S, L)`` observed spectra ``Y``, needed by :meth:`weighted_data` and
+        :meth:`rhs` (and for the default ``data_flux``).
+    mask : ``(L,)`` bool, True = use the pixel (default all).
+    lambda_weights : ``(L,)`` λ-weights ``w ≥ 0`` (default 1).
+    ivar : ``(S, L)`` inverse variance ``ι ≥ 0`` (default 1).
+    dtype : ``float64`` or ``float32``: precision of every apply (float32 halves the
+        cache and the memory traffic; accumulations stay in that precision).
+    memory_budget : bytes for cached kernel spectra plus the work arrays of one tile.
+    tile : spaxels per tile (default: chosen from the budget, at most 64).
+    workers : threads that process spaxel tiles concurrently (numpy, BLAS and FFT
+        calls release the GIL, so 2 threads use 2 cores).
+
+    Attributes ``S, C, P, L, T, K, nfft`` give the sizes; ``shape = (S·L, C·P)``.
+    """
+
+    def __init__(self, templates, tem_pix, obs_pix, vel_pix, losvd, R=None, *,
+                 norm_mode: str = "model", amp_mode: str = "sum", data_flux=None, datacube=None,
+                 mask=None, lambda_weights=None, ivar=None, dtype=np.float64,
+                 memory_budget: int = DEFAULT_MEMORY_BUDGET, tile: int | None = None,
+                 workers: int = 1):
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in _DTYPES:
+            raise ValueError(f"dtype: expected float64 or float32, got {self.dtype}")
+        self.cdtype = _DTYPES[self.dtype]
+        if norm_mode not in NORM_MODES:
+            raise ValueError(f"norm_mode: expected one of {NORM_MODES}, got {norm_mode!r}")
+        if amp_mode not in AMP_MODES:
+            raise ValueError(f"amp_mode: expected one of {AMP_MODES}, got {amp_mode!r}")
+        self.norm_mode, self.amp_mode = norm_mode, amp_mode
+
+        tem_pix = np.asarray(tem_pix, dtype=np.float64)
+        obs_pix = np.asarray(obs_pix, dtype=np.float64)
+        self.dlog_t = check_log_grid(tem_pix, "tem_pix")
+        check_log_grid(obs_pix, "obs_pix")
+        vel_pix = np.asarray(vel_pix, dtype=np.float64)
+        check_vel_grid(vel_pix, "vel_pix")
+        H = np.asarray(losvd)
+        if H.ndim != 3 or H.shape[1] != vel_pix.size:
+            raise ValueError(f"losvd: expected (S, V, C) with V = len(vel_pix) = {vel_pix.size}, "
+                             f"got shape {H.shape}")
+        check_losvd(H, vel_pix, "losvd", axis=1)
+        S, _, C = H.shape
+        T, L = tem_pix.size, obs_pix.size
+        Tm = np.asarray(templates)
+        if Tm.ndim != 2 or Tm.shape[1] != T:
+            raise ValueError(f"templates: expected (P, T) with T = len(tem_pix) = {T}, got shape "
+                             f"{Tm.shape}")
+        Tm = _as_float("templates", Tm, Tm.shape)
+        P = Tm.shape[0]
+        self.S, self.C, self.P, self.L, self.T = S, C, P, L, T
+        self.K = kernel_half_width(vel_pix, self.dlog_t)
+        self._check_coverage(tem_pix, obs_pix)
+        self.nfft = fft_length(T, self.K)
+        self.F = self.nfft // 2 + 1
+        self.shape = (S * L, C * P)
+
+        if R is None:
+            R = rebin_matrix(tem_pix, obs_pix)
+        if not sp.issparse(R) or R.shape != (L, T):
+            raise ValueError(f"R: expected a sparse (L, T) = ({L}, {T}) rebin matrix, got "
+                             f"{type(R).__name__} of shape {getattr(R, 'shape', None)}; "
+                             "build it with cubefit.grids.rebin_matrix(tem_pix, obs_pix)")
+        self._R = sp.csr_matrix(R, dtype=self.dtype)
+        self._Rt = self._R.T.tocsr()
+
+        m = np.ones(L, bool) if mask is None else np.asarray(mask)
+        if m.shape != (L,) or m.dtype != bool:
+            raise ValueError(f"mask: expected ({L},) booleans (True = use), got {m.dtype} of shape "
+                             f"{m.shape}")
+        w2 = m.astype(np.float64)
+        if lambda_weights is not None:
+            w = _as_float("lambda_weights", lambda_weights, (L,))
+            _non_negative("lambda_weights", w)
+            w2 = w2 * w
+        w2 = np.broadcast_to(w2, (S, L))
+        if ivar is not None:
+            iv = _as_float("ivar", ivar, (S, L), fix=" (inverse variance per spaxel and pixel)")
+            _non_negative("ivar", iv)
+            w2 = w2 * iv
+        self.mask = m
+        self._d = np.sqrt(w2).astype(self.dtype)
+
+        self._Y = None
+        if datacube is not None:
+            self._Y = _as_float("datacube", datacube, (S, L))
+
+        amp = losvd_amplitudes(H, vel_pix, amp_mode, axis=1)
+        if norm_mode == "data":
+            data_flux = self._data_flux(data_flux, amp)
+        self.amp = amp
+        self.g = norm_factors(amp, norm_mode, data_flux)
+        self.data_flux = data_flux
+        self._H, self._vel = H, vel_pix
+
+        self._templates = Tm.astype(self.dtype)
+        self._That = None          # rfft of the templates, made on first use by the column blocks
+        self.workers = max(1, int(workers))
+        self._plan_tiles(int(memory_budget), tile)
+
+    # -- construction helpers ----------------------------------------------------------
+    @classmethod
+    def from_h5(cls, path, *, norm_mode: str = "model", amp_mode: str = "sum",
+                lambda_weights="auto", use_ivar: bool = True, config=None, **kwargs) -> "LOSVDOperator":
+        """Operator of a populated file (:func:`cubefit.store.read_inputs`).
+
+        ``lambda_weights``: ``"auto"`` uses the file's λ-weights dataset
+        (``Config.lambda_weights_dset``) when present and ``Config.lambda_weights_enable``,
+        ``None`` disables them, an ``(L,)`` array overrides them.  ``use_ivar``: weight
+        by ``1/Noise²`` when ``/Noise`` is stored.  Other keywords go to the constructor.
+        """
+        from .config import get_config
+        from .store import open_h5, read_inputs
+
+        cfg = config or get_config()
+        inp = read_inputs(path, config=cfg)
+        if isinstance(lambda_weights, str):
+            if lambda_weights != "auto":
+                raise ValueError(f"lambda_weights: expected 'auto', None or an (L,) array, got "
+                                 f"{lambda_weights!r}")
+            lambda_weights = None
+            if cfg.lambda_weights_enable:
+                with open_h5(path, "r", config=cfg) as f:
+                    if cfg.lambda_weights_dset in f:
+                        lambda_weights = f[cfg.lambda_weights_dset][...]
+        return cls(inp.templates, inp.tem_pix, inp.obs_pix, inp.vel_pix, inp.losvd, inp.R,
+                   norm_mode=norm_mode, amp_mode=amp_mode, data_flux=inp.data_flux,
+                   datacube=inp.datacube, mask=inp.mask, lambda_weights=lambda_weights,
+                   ivar=inp.ivar if use_ivar else None, **kwargs)
+
+    def _check_coverage(self, tem_pix, obs_pix):
+        """DESIGN §2: templates must reach K pixels beyond the observed range on each side."""
+        te, oe = edges_from_centres(tem_pix), edges_from_centres(obs_pix)
+        margin = self.K * self.dlog_t * (1 - 1e-9)
+        short_lo = (te[0] + margin) - oe[0]
+        short_hi = oe[-1] - (te[-1] - margin)
+        if short_lo > 0 or short_hi > 0:
+            need = max(short_lo, short_hi) / self.dlog_t
+            raise ValueError(f"tem_pix: the template grid must extend {self.K} pixels (the LOSVD "
+                             f"kernel half-width) beyond the observed range on each side; it is "
+                             f"short by {np.ceil(need):.0f} pixels; use templates covering "
+                             f"[{np.exp(oe[0] - margin):.2f}, {np.exp(oe[-1] + margin):.2f}] Å")
+
+    def _data_flux(self, data_flux, amp):
+        if data_flux is None:
+            if self._Y is None:
+                raise ValueError("data_flux: norm_mode='data' needs data_flux (S,) "
+                                 "(/HyperCube/data_flux) or datacube (S, L) to compute it")
+            data_flux = self._Y[:, self.mask].mean(axis=1)
+        F = np.asarray(data_flux, dtype=np.float64)
+        if F.shape != (self.S,):
+            raise ValueError(f"data_flux: expected ({self.S},), got shape {F.shape}")
+        has_model = amp.sum(axis=1) > 0
+        bad = np.flatnonzero(has_model & ~(np.isfinite(F) & (F > 0)))
+        if bad.size:
+            raise ValueError(f"data_flux: norm_mode='data' needs a finite positive flux for every "
+                             f"spaxel with a model; spaxels {bad[:10].tolist()} have "
+                             f"{F[bad[:10]].tolist()}; mask or drop those spaxels, or use "
+                             "norm_mode='model'")
+        return F
+
+    def _plan_tiles(self, budget: int, tile):
+        """Choose the tile size and how many tiles keep their kernel spectra cached."""
+        if budget <= 0:
+            raise ValueError(f"memory_budget: expected a positive number of bytes, got {budget}")
+        c_item = self.cdtype.itemsize
+        spec_bytes = self.C * self.F * c_item            # g·ĥ of one spaxel
+        # Recomputing one spaxel's spectra holds its kernels, the zero-padded kernels and
+        # their spectra (twice: layout change), hence ≈ 4 spectra worth of work memory.
+        work_per_spaxel = 4 * spec_bytes + 4 * self.nfft * self.dtype.itemsize
+        if tile is None:
+            tile = int(min(64, max(1, budget // (4 * work_per_spaxel * self.workers))))
+        tile = int(tile)
+        if tile < 1:
+            raise ValueError(f"tile: expected a positive number of spaxels, got {tile}")
+        tile = min(tile, self.S)
+        self.tile = tile
+        self._tiles = [slice(i, min(i + tile, self.S)) for i in range(0, self.S, tile)]
+        work = self.workers * tile * work_per_spaxel
+        cache_room = max(0, budget - work)
+        n_cached = 0
+        used = 0
+        for sl in self._tiles:
+            nbytes = (sl.stop - sl.start) * spec_bytes
+            if used + nbytes > cache_room:
+                break
+            used += nbytes
+            n_cached += 1
+        self.memory_budget = budget
+        self._n_cached = n_cached
+        self._cache: list[np.ndarray | None] = [None] * len(self._tiles)
+
+    @property
+    def cache_info(self) -> dict:
+        """Tiles, tiles whose spectra are cached, bytes cached now and when full."""
+        spec = self.C * self.F * self.cdtype.itemsize
+        return {"tiles": len(self._tiles), "tile": self.tile, "cached_tiles": self._n_cached,
+                "cached_bytes": sum(c.nbytes for c in self._cache if c is not None),
+                "cache_bytes_full": sum((self._tiles[i].stop - self._tiles[i].start) * spec
+                                        for i in range(self._n_cached)),
+                "all_bytes": self.S * spec}
+
+    def precompute(self) -> None:
+        """Fill the kernel-spectra cache now (otherwise the first apply does it)."""
+        for i in range(self._n_cached):
+            self._spectra(i)
+
+    # -- kernel spectra ------------------------------------------------------------------
+    def _spectra(self, i: int) -> np.ndarray:
+        """``g[s,c]·ĥ_sc`` of tile ``i`` as ``(F, St, C)`` (the layout of the batched matvec)."""
+        cached = self._cache[i]
+        if cached is not None:
+            return cached
+        sl = self._tiles[i]
+        h = losvd_kernels(self._H[sl], self._vel, self.dlog_t, K=self.K, axis=1)   # (St, C, 2K+1)
+        h *= self.g[sl, :, None]
+        spec = kernel_spectra(h.astype(self.dtype, copy=False), self.nfft)       # (St, C, F)
+        spec = np.ascontiguousarray(spec.transpose(2, 0, 1))
+        if i < self._n_cached:
+            self._cache[i] = spec
+        return spec
+
+    def _map_tiles(self, fn):
+        """``fn(i)`` for every tile, on ``workers`` threads; results in tile order."""
+        idx = range(len(self._tiles))
+        if self.workers == 1 or len(self._tiles) == 1:
+            return [fn(i) for i in idx]
+        with ThreadPoolExecutor(self.workers) as pool:
+            return list(pool.map(fn, idx))
+
+    # -- applies ------------------------------------------------------------------------
+    def _x_matrix(self, x) -> np.ndarray:
+        x = np.asarray(x)
+        if x.shape not in ((self.C * self.P,), (self.C, self.P)):
+            raise ValueError(f"x: expected ({self.C * self.P},) = C·P weights (or (C, P)), got "
+                             f"shape {x.shape}")
+        return x.reshape(self.C, self.P).astype(self.dtype, copy=False)
+
+    def _forward(self, x, weighted: bool) -> np.ndarray:
+        M = self._x_matrix(x) @ self._templates                                      # (C, T)
+        Mh = np.ascontiguousarray(scipy.fft.rfft(M, self.nfft, axis=-1).T)[:, :, None]  # (F, C, 1)
+        out = np.empty((self.S, self.L), dtype=self.dtype)
+
+        def tile(i):
+            sl = self._tiles[i]
+            Z = np.matmul(self._spectra(i), Mh)[:, :, 0]                   # (F, St) Σ_c g ĥ M̂
+            z = scipy.fft.irfft(Z, self.nfft, axis=0)[:self.T]             # (T, St) linear conv
+            y = (self._R @ z).T                                            # (St, L)
+            out[sl] = y * self._d[sl] if weighted else y
+
+        self._map_tiles(tile)
+        return out
+
+    def matvec(self, x) -> np.ndarray:
+        """``Ã x`` as ``(S·L,)``: weighted model of ``x (C·P,)`` (row ``s·L + l``)."""
+        return self._forward(x, weighted=True).ravel()
+
+    def model(self, x) -> np.ndarray:
+        """Unweighted model ``A x`` as ``(S, L)`` (data units), for reconstruction and residuals."""
+        return self._forward(x, weighted=False)
+
+    def rmatvec(self, r) -> np.ndarray:
+        """``Ãᵀ r`` as ``(C·P,)`` for ``r (S·L,)`` or ``(S, L)`` in the weighted row space.
+
+        The gradient of ``½‖Ã x − ỹ‖²`` is ``rmatvec(matvec(x) − weighted_data())``.
+        """
+        r = np.asarray(r)
+        if r.size != self.S * self.L:
+            raise ValueError(f"r: expected ({self.S * self.L},) = S·L residuals (or (S, L)), got "
+                             f"shape {r.shape}")
+        r = r.reshape(self.S, self.L)
+
+        def tile(i):
+            sl = self._tiles[i]
+            u = (r[sl] * self._d[sl]).astype(self.dtype, copy=False)         # (St, L)
+            v = self._Rt @ u.T                                              # (T, St) = Rᵀ u
+            Vc = scipy.fft.rfft(v, self.nfft, axis=0).conj()                # (F, St), zero pad
+            # Σ_s conj(V̂) ĝĥ = conj(Σ_s conj(ĝĥ) V̂): one batched (1×St)·(St×C) per frequency.
+            return np.matmul(Vc[:, None, :], self._spectra(i))[:, 0, :]      # (F, C)
+
+        Gh = sum(self._map_tiles(tile)).conj()                              # (F, C)
+        G = scipy.fft.irfft(Gh.T, self.nfft, axis=-1)[:, :self.T]           # (C, T) correlation
+        return (G @ self._templates.T).ravel()
+
+    def weighted_data(self, datacube=None) -> np.ndarray:
+        """``ỹ = d ⊙ Y`` as ``(S·L,)`` (default ``Y``: the ``datacube`` given at construction)."""
+        Y = self._Y if datacube is None else _as_float("datacube", datacube, (self.S, self.L))
+        if Y is None:
+            raise ValueError("datacube: this operator was built without data; pass datacube= "
+                             "(S, L) here or to the constructor")
+        return (Y * self._d).ravel()
+
+    @property
+    def row_weights(self) -> np.ndarray:
+        """Row scales ``d = sqrt(m w ι)`` as ``(S, L)``."""
+        return self._d
+
+    def rhs(self, datacube=None) -> np.ndarray:
+        """``Ãᵀ ỹ (C·P,)`` — minus the gradient of the objective at ``x = 0``."""
+        return self.rmatvec(self.weighted_data(datacube))
+
+    def as_linear_operator(self) -> LinearOperator:
+        """``Ã`` as a :class:`scipy.sparse.linalg.LinearOperator` of shape ``(S·L, C·P)``.
+
+        Its dtype is the operator's (``float64`` or ``float32``); ``matvec`` and
+        ``rmatvec`` are :meth:`matvec` and :meth:`rmatvec`.
+        """
+        return LinearOperator(self.shape, matvec=self.matvec, rmatvec=self.rmatvec,
+                              dtype=self.dtype)
+
+    # -- explicit columns: Gram matrix, column energy -----------------------------------------
+    def _column_index(self, idx, name):
+        n = self.C * self.P
+        if idx is None:
+            return np.arange(n)
+        idx = np.asarray(idx)
+        if idx.ndim != 1 or not np.issubdtype(idx.dtype, np.integer):
+            raise ValueError(f"{name}: expected a 1-D array of column indices c·P + p, got "
+                             f"{idx.dtype} of shape {idx.shape}")
+        if idx.size and (idx.min() < 0 or idx.max() >= n):
+            raise ValueError(f"{name}: column indices must lie in [0, {n}), got "
+                             f"[{idx.min()}, {idx.max()}]")
+        return idx
+
+    def _blocks(self, cols):
+        """Yield ``(tile slice, B)`` with the weighted columns ``Ã[:, cols]`` of each tile.
+
+        ``B`` has shape ``(L, St, k)``: ``B[l, j, i] = d[s,l] · A[s, c_i, p_i, l]`` for the
+        tile's ``j``-th spaxel ``s``.  Each column costs one inverse FFT per spaxel:
+        ``irfft(g ĥ_sc ⊙ T̂_p)``; the spaxel tiles are re-cut so that one block and its
+        FFT work arrays fit in the memory budget.
+        """
+        if self._That is None:
+            self._That = scipy.fft.rfft(self._templates, self.nfft, axis=-1).T.copy()  # (F, P)
+        c_idx, p_idx = np.divmod(cols, self.P)
+        k = max(1, cols.size)
+        per_spaxel = k * (self.F * self.cdtype.itemsize + (self.nfft + self.L) * self.dtype.itemsize)
+        step = int(max(1, min(self.S, self.memory_budget // (2 * per_spaxel))))
+        Tp = self._That[:, None, p_idx]                                          # (F, 1, k)
+        for i, sl in enumerate(self._tiles):
+            spec = self._spectra(i)                                              # (F, St, C)
+            for j0 in range(0, sl.stop - sl.start, step):
+                sub = slice(j0, min(j0 + step, sl.stop - sl.start))
+                prod = spec[:, sub][:, :, c_idx] * Tp                             # (F, st, k)
+                z = scipy.fft.irfft(prod, self.nfft, axis=0)[:self.T]             # (T, st, k)
+                st = z.shape[1]
+                B = (self._R @ z.reshape(self.T, st * cols.size)).reshape(self.L, st, cols.size)
+                rows = slice(sl.start + sub.start, sl.start + sub.stop)
+                B *= self._d[rows].T[:, :, None]
+                yield rows, B
+
+    def columns(self, cols=None) -> np.ndarray:
+        """Dense weighted columns ``Ã[:, cols]`` as ``(S·L, k)`` (all ``C·P`` by default).
+
+        This materialises ``S·L·k`` numbers: for parity checks and small problems.
+        """
+        cols = self._column_index(cols, "cols")
+        out = np.empty((self.S, self.L, cols.size), dtype=self.dtype)
+        for rows, B in self._blocks(cols):
+            out[rows] = B.transpose(1, 0, 2)
+        return out.reshape(self.S * self.L, cols.size)
+
+    def gram(self, rows=None, cols=None) -> np.ndarray:
+        """Weighted Gram block ``Ã[:, rows]ᵀ Ã[:, cols]`` (default all: ``ÃᵀÃ (C·P, C·P)``).
+
+        Method: the columns of the union of ``rows`` and ``cols`` are formed for one
+        tile of spaxels at a time (one inverse FFT per spaxel and column, no complex
+        multiply-adds over components) and their products accumulated with one BLAS
+        matrix product per tile (``syrk`` for the symmetric full Gram).  Forming
+        ``ÃᵀÃ e_j`` with the operator instead would cost ``2·C·P`` applies, each
+        ``S·C·F`` complex multiply-adds plus ``S`` FFTs — ``C`` times more transform
+        work.  Computed in float64 whatever the operator's dtype.
+        """
+        rows = self._column_index(rows, "rows")
+        cols = self._column_index(cols, "cols")
+        if rows.size * cols.size * 8 > self.memory_budget:
+            raise ValueError(f"gram: a ({rows.size}, {cols.size}) float64 Gram block needs "
+                             f"{rows.size * cols.size * 8 / 2**30:.1f} GiB, more than memory_budget="
+                             f"{self.memory_budget / 2**30:.1f} GiB; raise the budget or use a "
+                             "matrix-free solver (working set)")
+        union, inv = np.unique(np.concatenate([rows, cols]), return_inverse=True)
+        r_pos, c_pos = inv[:rows.size], inv[rows.size:]
+        same = np.array_equal(rows, cols)
+        G = np.zeros((rows.size, cols.size))
+        for _, B in self._blocks(union):
+            B2 = B.reshape(-1, union.size).astype(np.float64, copy=False)        # rows (l, s)
+            Br = B2 if np.array_equal(r_pos, np.arange(union.size)) else B2[:, r_pos]
+            if same:
+                G += Br.T @ Br          # numpy calls syrk for a product with its own transpose
+            else:
+                G += Br.T @ B2[:, c_pos]
+        return G
+
+    def column_energy(self) -> np.ndarray:
+        """``E[c,p] = Σ_s Σ_l m_l w_l ι[s,l] A[s,c,p,l]²`` as ``(C, P)`` = ``diag(ÃᵀÃ)``.
+
+        Same metric as the objective, so it equals DESIGN §2's ``E`` (which has no
+        ``ι``) when no inverse variance is given.  Costs one inverse FFT per spaxel
+        and column (as building the hypercube), no Gram matrix.
+        """
+        cols = np.arange(self.C * self.P)
+        E = np.zeros(cols.size)
+        for _, B in self._blocks(cols):
+            E += np.einsum("lsk,lsk->k", B, B, dtype=np.float64)
+        return E.reshape(self.C, self.P)
+
+    def __repr__(self) -> str:
+        return (f"LOSVDOperator(S={self.S}, C={self.C}, P={self.P}, L={self.L}, T={self.T}, "
+                f"K={self.K}, nfft={self.nfft}, norm={self.norm_mode!r}, amp={self.amp_mode!r}, "
+                f"dtype={self.dtype}, tiles={len(self._tiles)}x{self.tile}, "
+                f"cached={self._n_cached})")

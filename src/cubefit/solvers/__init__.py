@@ -1,0 +1,40 @@
+"""Global NNLS solvers: ``min_{x ≥ 0} ½‖Ã x − ỹ‖²`` (DESIGN §3).
+
+All solvers take the problem as ``(A, y)`` — a :class:`cubefit.operator.LOSVDOperator`
+(``y`` defaults to its weighted data), a :class:`scipy.sparse.linalg.LinearOperator`
+or a matrix — plus a warm start ``x0``, and return a :class:`SolverResult` whose
+``optimality`` is the relative projected-gradient norm (:mod:`.result`).  They stop on
+the KKT test ``optimality ≤ gtol`` (default 1e-6), on a cost-change test, or on a
+safety limit, never on an iteration count alone.
+
+* :func:`nnls_gram` — exact: full Gram matrix + pivoted Cholesky + Lawson–Hanson
+  (small ``C·P``).
+* :func:`nnls_working_set` — exact and matrix-free: column generation with Gram
+  blocks of the working set only.
+* :func:`fista` — accelerated projected gradient with restart (baseline).
+"""
+from .exact import nnls_gram, nnls_on_gram
+from .fista import fista
+from .problem import LeastSquares
+from .result import STATUS, SolverResult, projected_gradient, relative_optimality
+from .working_set import nnls_working_set
+
+__all__ = ["solve", "METHODS", "nnls_gram", "nnls_on_gram", "nnls_working_set", "fista",
+           "LeastSquares", "SolverResult", "STATUS", "projected_gradient", "relative_optimality"]
+
+METHODS = {"gram": nnls_gram, "working_set": nnls_working_set, "fista": fista}
+"""Solver name -> function."""
+
+GRAM_MAX_COLUMNS = 3000
+"""``method="auto"`` uses the full Gram matrix up to this many unknowns (72 MB)."""
+
+
+def solve(A, y=None, *, method: str = "auto", **options) -> SolverResult:
+    """Solve with ``method`` in :data:`METHODS` or ``"auto"`` (full Gram matrix when
+    ``C·P ≤ GRAM_MAX_COLUMNS``, otherwise the working set).  ``options`` go to the
+    solver (``x0``, ``gtol``, ...)."""
+    if method == "auto":
+        method = "gram" if A.shape[1] <= GRAM_MAX_COLUMNS else "working_set"
+    if method not in METHODS:
+        raise ValueError(f"method: expected 'auto' or one of {sorted(METHODS)}, got {method!r}")
+    return METHODS[method](A, y, **options)

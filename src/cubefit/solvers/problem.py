@@ -1,0 +1,156 @@
+"""``½‖Ã x − ỹ‖², x ≥ 0`` with counted operator passes: what every solver works on.
+
+:class:`LeastSquares` accepts
+
+* a :class:`cubefit.operator.LOSVDOperator` (its ``weighted_data()`` is the default
+  ``ỹ`` and its ``gram(rows, cols)`` forms Gram blocks from explicit columns),
+* any object with ``shape``, ``matvec`` and ``rmatvec`` (e.g. a
+  :class:`scipy.sparse.linalg.LinearOperator`) and optionally ``gram(rows, cols)``;
+  without it Gram blocks come from ``matvec`` of unit vectors,
+* a dense or sparse matrix.
+
+Everything the solvers compute is float64, whatever the operator's precision.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import scipy.sparse as sp
+from scipy.sparse.linalg import aslinearoperator
+
+from .result import SolverResult, STATUS, relative_optimality
+
+__all__ = ["LeastSquares"]
+
+
+class LeastSquares:
+    """The problem ``min_{x ≥ 0} ½‖A x − y‖²`` with bookkeeping for the result.
+
+    ``A`` (see module docstring) has shape ``(m, n)``; ``y (m,)`` defaults to
+    ``A.weighted_data()`` when ``A`` has it.  Counters: :attr:`passes` (operator
+    applications), :attr:`gram_columns` (explicit columns formed for Gram blocks),
+    and seconds spent in each (:attr:`timings`).
+    """
+
+    def __init__(self, A, y=None):
+        if isinstance(A, np.ndarray) or sp.issparse(A):
+            if A.ndim != 2:
+                raise ValueError(f"A: expected a 2-D matrix (m, n), got shape {A.shape}")
+            self._dense = A if sp.issparse(A) else np.asarray(A, dtype=np.float64)
+            self._op = aslinearoperator(self._dense)
+        else:
+            if not all(hasattr(A, a) for a in ("shape", "matvec", "rmatvec")):
+                raise ValueError(f"A: expected a LOSVDOperator, a LinearOperator (shape, matvec, "
+                                 f"rmatvec) or a matrix, got {type(A).__name__}")
+            self._dense = None
+            self._op = A
+        self.m, self.n = (int(s) for s in A.shape)
+        if y is None:
+            if not hasattr(A, "weighted_data"):
+                raise ValueError("y: no data given and A has no weighted_data(); pass the "
+                                 f"weighted data vector y ({self.m},)")
+            y = A.weighted_data()
+        y = np.asarray(y, dtype=np.float64)
+        if y.shape != (self.m,):
+            raise ValueError(f"y: expected the weighted data as ({self.m},) (rows of A), got "
+                             f"shape {y.shape}")
+        if not np.all(np.isfinite(y)):
+            raise ValueError("y: expected finite values; mask or zero-weight non-finite pixels")
+        self.y = y
+        self.passes = 0
+        self.gram_columns = 0
+        self.timings = {"operator": 0.0, "gram": 0.0}
+        self._t0 = time.perf_counter()
+        self.history = {"time": [], "passes": [], "cost": [], "optimality": []}
+        self._b = None
+
+    # -- operator applications, counted ---------------------------------------------------
+    def matvec(self, x) -> np.ndarray:
+        t = time.perf_counter()
+        out = np.asarray(self._op.matvec(x), dtype=np.float64).ravel()
+        self.timings["operator"] += time.perf_counter() - t
+        self.passes += 1
+        return out
+
+    def rmatvec(self, r) -> np.ndarray:
+        t = time.perf_counter()
+        out = np.asarray(self._op.rmatvec(r), dtype=np.float64).ravel()
+        self.timings["operator"] += time.perf_counter() - t
+        self.passes += 1
+        return out
+
+    @property
+    def b(self) -> np.ndarray:
+        """``Aᵀy = −∇f(0)`` (one pass, computed once)."""
+        if self._b is None:
+            self._b = self.rmatvec(self.y)
+        return self._b
+
+    @property
+    def grad0_norm(self) -> float:
+        """``‖∇f(0)‖∞``, the scale of :func:`relative_optimality`."""
+        return float(np.max(np.abs(self.b), initial=0.0))
+
+    def evaluate(self, x):
+        """``(cost, gradient, A x)`` at ``x`` (two passes)."""
+        Ax = self.matvec(x)
+        r = Ax - self.y
+        return 0.5 * float(r @ r), self.rmatvec(r), Ax
+
+    def optimality(self, x, grad) -> float:
+        return relative_optimality(x, grad, self.grad0_norm)
+
+    def gram(self, rows=None, cols=None) -> np.ndarray:
+        """``A[:, rows]ᵀ A[:, cols]`` in float64 (default all columns)."""
+        t = time.perf_counter()
+        rows = np.arange(self.n) if rows is None else np.asarray(rows, dtype=np.intp)
+        cols = np.arange(self.n) if cols is None else np.asarray(cols, dtype=np.intp)
+        union = np.union1d(rows, cols)
+        if self._dense is not None:
+            Ar = self._dense[:, rows]
+            G = np.asarray((Ar.T @ self._dense[:, cols]).toarray() if sp.issparse(Ar)
+                           else Ar.T @ self._dense[:, cols], dtype=np.float64)
+        elif hasattr(self._op, "gram"):
+            G = np.asarray(self._op.gram(rows=rows, cols=cols), dtype=np.float64)
+        else:
+            cols_of = np.empty((self.m, union.size))
+            for i, j in enumerate(union):
+                e = np.zeros(self.n)
+                e[j] = 1.0
+                cols_of[:, i] = self._op.matvec(e)
+            self.passes += union.size
+            G = cols_of[:, np.searchsorted(union, rows)].T @ cols_of[:, np.searchsorted(union, cols)]
+        self.gram_columns += union.size
+        self.timings["gram"] += time.perf_counter() - t
+        return G
+
+    # -- bookkeeping ----------------------------------------------------------------------
+    def elapsed(self) -> float:
+        return time.perf_counter() - self._t0
+
+    def record(self, cost: float, optimality: float = np.nan) -> None:
+        h = self.history
+        h["time"].append(self.elapsed())
+        h["passes"].append(self.passes)
+        h["cost"].append(float(cost))
+        h["optimality"].append(float(optimality))
+
+    def check_x0(self, x0) -> np.ndarray:
+        """A validated float64 copy of a warm start ``x0 (n,)`` (finite, ≥ 0)."""
+        x = np.asarray(x0, dtype=np.float64).ravel()
+        if x.shape != (self.n,):
+            raise ValueError(f"x0: expected ({self.n},) weights, got shape {np.shape(x0)}")
+        if not np.all(np.isfinite(x)) or np.any(x < 0):
+            raise ValueError("x0: expected finite non-negative weights; clip a start point with "
+                             "np.maximum(x0, 0)")
+        return x.copy()
+
+    def result(self, method: str, x, cost, optimality, nit, status, message=None) -> SolverResult:
+        total = self.elapsed()
+        timings = dict(self.timings, total=total)
+        timings["solve"] = max(0.0, total - timings["operator"] - timings["gram"])
+        return SolverResult(x=x, cost=float(cost), optimality=float(optimality), nit=int(nit),
+                            passes=self.passes, gram_columns=self.gram_columns, status=int(status),
+                            success=status == 1, message=message or STATUS[status], method=method,
+                            timings=timings, history=self.history)
