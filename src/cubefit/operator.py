@@ -282,14 +282,17 @@ class LOSVDOperator:
             used += nbytes
             n_cached += 1
         self.memory_budget = budget
+        self._work_bytes = work
         self._n_cached = n_cached
         self._cache: list[np.ndarray | None] = [None] * len(self._tiles)
 
     @property
     def cache_info(self) -> dict:
-        """Tiles, tiles whose spectra are cached, bytes cached now and when full."""
+        """Tiles, tiles whose spectra are cached, bytes cached now and when full, bytes of
+        all spectra (``S·C·F`` complex), bytes reserved for per-tile work arrays."""
         spec = self.C * self.F * self.cdtype.itemsize
         return {"tiles": len(self._tiles), "tile": self.tile, "cached_tiles": self._n_cached,
+                "work_bytes": self._work_bytes,
                 "cached_bytes": sum(c.nbytes for c in self._cache if c is not None),
                 "cache_bytes_full": sum((self._tiles[i].stop - self._tiles[i].start) * spec
                                         for i in range(self._n_cached)),
