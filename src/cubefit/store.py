@@ -59,6 +59,36 @@ SCHEMA: dict[str, tuple[str, str]] = {
     "/R_T/indptr": ("index", "CSR row pointers of R (L, T)"),
     "/HyperCube/data_flux": ("data flux density",
                              "per-spaxel mean of /DataCube over unmasked pixels (S,)"),
+    "/HyperCube/models": ("see attrs: data flux density (norm.mode data) or template flux "
+                          "density x LOSVD amplitude (norm.mode model)",
+                          "model columns A (S, C, P, L) float32: template p convolved with the LOSVD "
+                          "of component c at spaxel s, rebinned to /ObsPix and normalised; stored on "
+                          "every pixel, masked ones included"),
+    "/HyperCube/_done": ("bool (1 = tile written)",
+                         "build bitmap over the (S, C, P) tile grid of /HyperCube/models"),
+    "/HyperCube/_energy_parts": ("(units of /HyperCube/models)^2",
+                                 "column energy of each S-tile row (n_S_tiles, C, P); "
+                                 "col_energy is their sum"),
+    "/HyperCube/col_energy": ("(units of /HyperCube/models)^2",
+                              "column energy E[c,p] = sum_s sum_l m_l w_l A[s,c,p,l]^2 (C, P), "
+                              "with the pixel weights m w of /HyperCube/col_energy_weights"),
+    "/HyperCube/col_energy_weights": ("dimensionless",
+                                      "pixel weights m_l w_l (L,) (mask x λ-weights) used for "
+                                      "/HyperCube/col_energy"),
+    "/HyperCube/norm/losvd_amp": ("sum: histogram weight; trapz: histogram weight x km/s",
+                                  "LOSVD amplitude a[s,c] (S, C), sum or trapezoid integral over "
+                                  "/VelPix (attr amp_mode)"),
+    "/HyperCube/norm/losvd_amp_sum": ("as /HyperCube/norm/losvd_amp",
+                                      "per-spaxel sum over components of the LOSVD amplitudes (S,)"),
+    "/HyperCube/lambda_weights": ("dimensionless, in [min_w, 1]",
+                                  "λ-weights w (L,) emphasising absorption features (median-DoG "
+                                  "heuristic, parameters in attrs); masked pixels hold the floor"),
+    "/HyperCube/_convert_scratch": ("as /HyperCube/models",
+                                    "one rescaled tile staged by an interrupted normalisation "
+                                    "conversion (crash safety)"),
+    "/HyperCube/_models_new": ("as /HyperCube/models",
+                               "copy of /HyperCube/models being recompressed; replaces it when done"),
+    "/ModelCube": ("data flux density", "reconstructed model spectra Y_hat = A x (S, L) on /ObsPix"),
 }
 
 

@@ -1,0 +1,85 @@
+"""Reconstruction ``Ŷ = A x`` from the materialised hypercube.
+
+``Ŷ[s, l] = Σ_c Σ_p A[s, c, p, l] · x[c, p]`` with ``A = /HyperCube/models (S, C, P, L)``
+and ``x`` the solution flattened row-major ``(C, P)`` → ``c·P + p`` (``/X_global``).
+The cube is read tile by tile (its chunks), only for the S-tiles holding the
+requested spaxels and only for the (C, P) tiles where ``x`` has a non-zero weight,
+so a sparse solution touches a small part of the cube.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from .config import Config, get_config
+from .hypercube import MODELS, TileGrid, require_complete
+from .store import SCHEMA, _edit, open_h5, write_dataset
+
+log = logging.getLogger(__name__)
+
+__all__ = ["reconstruct"]
+
+
+def _weights(x, C: int, P: int) -> np.ndarray:
+    X = np.asarray(x, dtype=np.float64)
+    if X.size != C * P or X.ndim not in (1, 2) or (X.ndim == 2 and X.shape != (C, P)):
+        raise ValueError(f"x: expected (C*P,) = ({C * P},) or (C, P) = ({C}, {P}) weights, got shape "
+                         f"{X.shape}")
+    if not np.all(np.isfinite(X)):
+        raise ValueError("x: expected finite weights, got NaN or inf")
+    return X.reshape(C, P)
+
+
+def reconstruct(h5, x, out: str | None = None, spaxels=None, *,
+                config: Config | None = None) -> np.ndarray:
+    """Model spectra ``Ŷ = A x``: ``(S, L)``, or ``(n, L)`` for ``spaxels`` (in that order).
+
+    Parameters
+    ----------
+    h5 : file with a complete ``/HyperCube/models``.
+    x : ``(C·P,)`` or ``(C, P)`` population weights.
+    out : dataset to write the result to (e.g. ``"/ModelCube"``), with units and the
+        spaxel list as attributes; None only returns it.
+    spaxels : spaxel indices; default all.
+
+    Returns the float64 array in every case.
+    """
+    cfg = config or get_config()
+    path = Path(h5)
+    with open_h5(path, "r", config=cfg) as f:
+        st = require_complete(f)
+        ds = f[MODELS]
+        grid: TileGrid = st.grid
+        S, C, P = grid.shape
+        X = _weights(x, C, P)
+        sel = np.arange(S) if spaxels is None else np.asarray(spaxels, dtype=np.int64).ravel()
+        if sel.size == 0 or np.any(sel < 0) or np.any(sel >= S):
+            raise ValueError(f"spaxels: expected indices in [0, {S}), got {sel[:10].tolist()}")
+        rows, inverse = np.unique(sel, return_inverse=True)
+        _, nC, nP = grid.counts
+        blocks = [(iC, iP) for iC in range(nC) for iP in range(nP)
+                  if np.any(X[grid.slices((0, iC, iP))[1:]])]
+        Y = np.zeros((rows.size, ds.shape[3]))
+        for iS in np.unique(rows // grid.chunks[0]):
+            ss = grid.slices((iS, 0, 0))[0]
+            here = np.flatnonzero((rows >= ss.start) & (rows < ss.stop))
+            local = rows[here] - ss.start
+            for iC, iP in blocks:
+                _, cs, ps = grid.slices((iS, iC, iP))
+                A = ds[ss, cs, ps, :][local]             # whole chunk read, rows picked in memory
+                Y[here] += np.tensordot(A.astype(np.float64), X[cs, ps], axes=([1, 2], [0, 1]))
+        log.info("%s: reconstructed %d spaxels from %d of %d (C, P) tiles", path, rows.size,
+                 len(blocks), nC * nP)
+        units = f["/DataCube"].attrs.get("units", SCHEMA["/ModelCube"][0]) if "/DataCube" in f \
+            else SCHEMA["/ModelCube"][0]
+    result = Y[inverse]
+    if out is not None:
+        with _edit(path, cfg) as f:
+            ds = write_dataset(f, out, result, units=units, description=SCHEMA["/ModelCube"][1])
+            ds.attrs["source"] = MODELS
+            ds.attrs["x_sha256"] = hashlib.sha256(np.ascontiguousarray(X).data).hexdigest()
+            ds.attrs["spaxels"] = sel if spaxels is not None else "all"
+    return result

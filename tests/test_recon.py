@@ -1,0 +1,105 @@
+"""cubefit.recon and cubefit.plots: Ŷ = A x against the dense reference, partial reads, PNGs."""
+import shutil
+
+import h5py
+import numpy as np
+import pytest
+
+from cubefit.hypercube import build_hypercube, invalidate_tiles
+from cubefit.plots import plot_spectra, spaxel_chi2
+from cubefit.recon import reconstruct
+from test_hypercube import CHUNKS, dark_losvd, direct, populate
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, small_mock):
+    path = populate(tmp_path_factory.mktemp("recon") / "base.h5", small_mock, losvd=dark_losvd(small_mock))
+    build_hypercube(path, norm_mode="model", progress=False, **CHUNKS)
+    return path
+
+
+@pytest.fixture
+def h5(tmp_path, built):
+    dst = tmp_path / "g.h5"
+    shutil.copy(built, dst)
+    return dst
+
+
+def sparse_x(rng, C, P):
+    x = rng.uniform(0, 1, (C, P))
+    x[rng.uniform(size=(C, P)) < 0.5] = 0.0
+    return x
+
+
+def test_reconstruct_equals_dense_einsum(h5, rng):
+    ref = direct(h5, "model", "sum")
+    S, C, P, L = ref.shape
+    x = sparse_x(rng, C, P)
+    expect = np.einsum("scpl,cp->sl", ref, x)
+    np.testing.assert_allclose(reconstruct(h5, x.ravel()), expect, rtol=1e-5, atol=1e-5 * abs(expect).max())
+    sel = [7, 0, 3, 7]                                   # any order, repeats allowed
+    np.testing.assert_allclose(reconstruct(h5, x, spaxels=sel), expect[sel], rtol=1e-5,
+                               atol=1e-5 * abs(expect).max())
+
+
+def test_reconstruct_reads_only_needed_tiles(h5, rng, monkeypatch):
+    C, P = 2, 6
+    x = np.zeros((C, P))
+    x[1, 5] = 2.0                                        # only (C, P) tile (1, 1) is needed
+    reads = []
+    real = h5py.Dataset.__getitem__
+
+    def spy(self, key):
+        if self.name == "/HyperCube/models":
+            reads.append(key)
+        return real(self, key)
+
+    monkeypatch.setattr(h5py.Dataset, "__getitem__", spy)
+    y = reconstruct(h5, x, spaxels=[0, 1, 5])
+    assert len(reads) == 2                               # S-tiles 0 and 2, one chunk each
+    assert all(k[1] == slice(1, 2) and k[2] == slice(4, 6) for k in reads)
+    ref = direct(h5, "model", "sum")
+    np.testing.assert_allclose(y, 2.0 * ref[[0, 1, 5], 1, 5], rtol=1e-5, atol=1e-6 * abs(ref).max())
+
+
+def test_reconstruct_writes_named_dataset(h5, rng):
+    x = sparse_x(rng, 2, 6)
+    y = reconstruct(h5, x, out="/ModelCube")
+    with h5py.File(h5, "r") as f:
+        ds = f["/ModelCube"]
+        np.testing.assert_array_equal(ds[...], y)
+        assert ds.attrs["units"] == f["/DataCube"].attrs["units"] and ds.attrs["description"]
+        assert ds.attrs["source"] == "/HyperCube/models" and ds.attrs["spaxels"] == "all"
+    y2 = reconstruct(h5, x, out="/ReconTile", spaxels=[2, 4])
+    with h5py.File(h5, "r") as f:
+        np.testing.assert_array_equal(f["/ReconTile"][...], y[[2, 4]])
+        np.testing.assert_array_equal(f["/ReconTile"].attrs["spaxels"], [2, 4])
+    np.testing.assert_array_equal(y2, y[[2, 4]])
+
+
+def test_reconstruct_bad_arguments(h5):
+    with pytest.raises(ValueError, match=r"expected \(C\*P,\) = \(12,\)"):
+        reconstruct(h5, np.ones(11))
+    with pytest.raises(ValueError, match="finite"):
+        reconstruct(h5, np.full(12, np.nan))
+    with pytest.raises(ValueError, match="spaxels"):
+        reconstruct(h5, np.ones(12), spaxels=[9])
+    invalidate_tiles(h5, [(0, 0, 0)])
+    with pytest.raises(ValueError, match="incomplete"):
+        reconstruct(h5, np.ones(12))
+
+
+def test_plot_spectra_best_and_worst(h5, tmp_path, small_mock):
+    x = small_mock.x_true.ravel()          # the mock's truth: model == data up to noise
+    with h5py.File(h5, "r+") as f:
+        f.create_dataset("/X_global", data=x)
+    files = plot_spectra(h5, out_dir=tmp_path / "png", n=2)
+    assert [p.name.split("_s")[0] for p in files] == ["spectrum_best1", "spectrum_best2",
+                                                      "spectrum_worst1", "spectrum_worst2"]
+    for p in files:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 10_000
+    with h5py.File(h5, "r") as f:
+        Y, mask, noise = f["/DataCube"][...], f["/Mask"][...], f["/Noise"][...]
+    chi2 = spaxel_chi2(Y, reconstruct(h5, x), mask, 1 / noise**2)
+    best, worst = (int(p.stem.split("_s")[1]) for p in (files[0], files[2]))
+    assert chi2[best] == chi2.min() and chi2[worst] == chi2.max()
