@@ -89,6 +89,30 @@ SCHEMA: dict[str, tuple[str, str]] = {
     "/HyperCube/_models_new": ("as /HyperCube/models",
                                "copy of /HyperCube/models being recompressed; replaces it when done"),
     "/ModelCube": ("data flux density", "reconstructed model spectra Y_hat = A x (S, L) on /ObsPix"),
+    # Fit-tracker sidecar <file>.fit.<pid>.<ts>.h5 (cubefit.tracking); wall_s = s since tracker start.
+    "/Tracker/steps": ("iteration, passes [operator applications], wall_s [s], cost [objective f(x)], "
+                       "rmse [as the solver reports it], optimality [relative projected gradient]",
+                       "per-iteration solver history; NaN (passes: -1) = not reported"),
+    "/Tracker/batch_rmse": ("sample [raw sample index], wall_s [s], rmse and rmse_ewma "
+                            "[as the solver reports it]",
+                            "every CUBEFIT_RMSE_STRIDE-th batch RMSE sample, and the EWMA over all "
+                            "samples (smoothing constant: root attribute ewma_alpha)"),
+    "/Tracker/progress": ("wall_s [s], fraction [0-1], message [UTF-8 bytes]", "progress reports"),
+    "/Tracker/snapshots/best": ("template weight (as /X_global)",
+                                "lowest-cost x so far (2, C·P): alternating slots, see best_info"),
+    "/Tracker/snapshots/last": ("template weight (as /X_global)",
+                                "most recent x (2, C·P): alternating slots, see last_info"),
+    "/Tracker/snapshots/history": ("template weight (as /X_global)",
+                                   "ring of the latest 'last' snapshots (keep_history, C·P)"),
+    "/Tracker/snapshots/best_info": ("seq [write number, 0 = empty], iteration, cost [objective f(x)], "
+                                     "wall_s [s], crc [CRC32 of x, iteration, cost]",
+                                     "metadata of each /Tracker/snapshots/best slot"),
+    "/Tracker/snapshots/last_info": ("seq [write number, 0 = empty], iteration, cost [objective f(x)], "
+                                     "wall_s [s], crc [CRC32 of x, iteration, cost]",
+                                     "metadata of each /Tracker/snapshots/last slot"),
+    "/Tracker/snapshots/history_info": ("seq [write number, 0 = empty], iteration, cost [objective f(x)], "
+                                        "wall_s [s], crc [CRC32 of x, iteration, cost]",
+                                        "metadata of each /Tracker/snapshots/history slot"),
 }
 
 
