@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import Config, get_config
-from .hypercube import MODELS, TileGrid, require_complete
+from .hypercube import MODELS, TileGrid, check_spaxels, require_complete
 from .store import SCHEMA, _edit, open_h5, write_dataset
 
 log = logging.getLogger(__name__)
@@ -55,9 +55,7 @@ def reconstruct(h5, x, out: str | None = None, spaxels=None, *,
         grid: TileGrid = st.grid
         S, C, P = grid.shape
         X = _weights(x, C, P)
-        sel = np.arange(S) if spaxels is None else np.asarray(spaxels, dtype=np.int64).ravel()
-        if sel.size == 0 or np.any(sel < 0) or np.any(sel >= S):
-            raise ValueError(f"spaxels: expected indices in [0, {S}), got {sel[:10].tolist()}")
+        sel = np.arange(S) if spaxels is None else check_spaxels(spaxels, S)
         rows, inverse = np.unique(sel, return_inverse=True)
         _, nC, nP = grid.counts
         blocks = [(iC, iP) for iC in range(nC) for iP in range(nP)
