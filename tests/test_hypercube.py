@@ -417,3 +417,33 @@ def test_missing_inputs_and_bad_arguments(tmp_path, h5):
         build_hypercube(h5, progress=False)
     with pytest.raises(KeyError, match="build_hypercube"):
         hypercube_status(h5)
+
+
+def test_recompress_recovers_an_interrupted_swap(h5):
+    build_hypercube(h5, norm_mode="data", progress=False, **CHUNKS)
+    A0 = models(h5)[0]
+    with h5py.File(h5, "r+") as f:     # the state a kill between delete and move leaves behind
+        f.copy("/HyperCube/models", "/HyperCube/_models_new")
+        f["/HyperCube/_models_new"].attrs["copied"] = True
+        del f["/HyperCube/models"]
+    recompress_models(h5, "lzf", progress=False)
+    with h5py.File(h5, "r") as f:
+        assert f["/HyperCube/models"].compression == "lzf"
+        assert f["/HyperCube"].attrs["compression"] == "lzf:None"
+        assert "/HyperCube/_models_new" not in f and "copied" not in f["/HyperCube/models"].attrs
+    assert np.array_equal(models(h5)[0], A0)
+    digest = file_digest(h5)
+    recompress_models(h5, "lzf", progress=False)                      # already lzf: untouched
+    assert file_digest(h5) == digest
+
+
+def test_conversion_without_energy_keeps_it_until_recomputed(h5, caplog):
+    build_hypercube(h5, norm_mode="data", progress=False, **CHUNKS)
+    E_data = models(h5)[1]
+    with caplog.at_level(logging.WARNING, logger="cubefit.hypercube"):
+        convert_hypercube_norm(h5, "model", recompute_energy=False, progress=False)
+    assert "recompute_col_energy" in caplog.text
+    assert np.array_equal(models(h5)[1], E_data)
+    E = recompute_col_energy(h5, progress=False)
+    np.testing.assert_allclose(E, np.einsum("scpl,l->cp", direct(h5, "model", "sum") ** 2,
+                                            pixel_weights(h5)), rtol=1e-5)

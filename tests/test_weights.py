@@ -150,3 +150,13 @@ def test_environment_settings(h5, monkeypatch, caplog):
     assert np.all(w[~mask] == 0.02) and np.all(w[mask] > 0.02) and w.max() == 1.0
     monkeypatch.setenv("CUBEFIT_LAMBDA_WEIGHTS_ENABLE", "0")
     np.testing.assert_array_equal(read_lambda_weights(h5), np.ones(mask.size))
+
+
+def test_weights_from_other_inputs_are_flagged(h5, small_mock, caplog):
+    ensure_lambda_weights(h5)
+    populate(h5, small_mock, datacube=small_mock.datacube * 1.5)       # new data, same file
+    with caplog.at_level(logging.WARNING, logger="cubefit.weights"):
+        read_lambda_weights(h5)
+    assert "made from other inputs" in caplog.text
+    with pytest.raises(ValueError, match="inputs_fingerprint"):
+        ensure_lambda_weights(h5)

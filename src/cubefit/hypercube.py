@@ -354,10 +354,11 @@ def build_hypercube(h5, norm_mode: str = "data", amp_mode: str = "sum", S_chunk:
                 if st.complete:
                     log.info("%s: %s is complete with these settings; nothing to do", path, MODELS)
                     return st
-                if f[MODELS].compression != filters.get("compression"):
-                    log.warning("%s: resuming a cube stored with compression=%s (requested %s); use "
-                                "recompress_models() afterwards to change it", path,
-                                f[MODELS].compression, compression)
+                stored = _filters_of(f[MODELS])
+                if stored != (filters.get("compression"), filters.get("compression_opts")):
+                    log.warning("%s: resuming a cube stored with compression %s:%s (requested %s); "
+                                "use recompress_models() afterwards to change it", path, *stored,
+                                compression)
         if fresh:   # everything is validated before the file is touched
             amp = _amplitudes(f, amp_mode, want["chunks"][0])
             if norm_mode == "data":
@@ -433,8 +434,7 @@ def _set_up(f, want, compression, amp, pw) -> None:
             del hc.attrs[k]
     grid = TileGrid((S, C, P), chunks)
     keep = (MODELS in f and f[MODELS].shape == (S, C, P, L) and f[MODELS].chunks == chunks + (L,)
-            and f[MODELS].compression == filters.get("compression")
-            and f[MODELS].compression_opts == filters.get("compression_opts"))
+            and _filters_of(f[MODELS]) == (filters.get("compression"), filters.get("compression_opts")))
     # Reusing the allocated dataset avoids growing the file: HDF5 does not reuse freed space.
     write_dataset(f, DONE, np.zeros(grid.counts, dtype=np.uint8))
     for name in (ENERGY, SCRATCH, NEW_MODELS) + (() if keep else (MODELS,)):
@@ -450,7 +450,7 @@ def _set_up(f, want, compression, amp, pw) -> None:
     f[MODELS].attrs["units"] = _MODEL_UNITS[want["norm.mode"]]
     for k, v in want.items():
         hc.attrs[k] = np.asarray(v, dtype=np.int64) if k in ("chunks", "shape") else v
-    hc.attrs["compression"] = str(compression)
+    hc.attrs["compression"] = "%s:%s" % _filters_of(f[MODELS])
     hc.attrs["cubefit_version"] = __version__
     hc.attrs["created_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     f.flush()
@@ -669,17 +669,21 @@ def recompress_models(h5, compression, progress: bool = True, config: Config | N
     """Rewrite ``/HyperCube/models`` with other filters (``None``, ``"gzip"``, ``"lzf"``, level).
 
     Copies tile by tile into ``/HyperCube/_models_new`` and then swaps it in with an
-    HDF5 move.  A killed run is restarted (an unfinished copy is discarded; a
-    finished one is swapped in).  HDF5 does not reuse the freed space: run
-    ``h5repack`` to shrink the file afterwards.
+    HDF5 move.  A killed run is recovered by the next call: an unfinished copy is
+    discarded, a finished one is swapped in.  A cube that already has the requested
+    filters is left alone.  HDF5 does not reuse the freed space: run ``h5repack``
+    to shrink the file afterwards.
     """
     cfg = config or get_config()
-    _filters(compression)
+    want = _filters(compression)
     with open_h5(h5, "r+", config=cfg) as f:
         if MODELS not in f and NEW_MODELS in f and f[NEW_MODELS].attrs.get("copied", False):
-            f.move(NEW_MODELS, MODELS)       # killed between the delete and the move
-            return
+            _swap_in_new_models(f)             # killed between the delete and the move
+            log.info("%s: finished an interrupted recompression", h5)
         require_complete(f)
+        if _filters_of(f[MODELS]) == (want.get("compression"), want.get("compression_opts")):
+            log.info("%s: %s already has compression %s", h5, MODELS, compression)
+            return
         if NEW_MODELS in f:
             del f[NEW_MODELS]
         src = f[MODELS]
@@ -691,10 +695,19 @@ def recompress_models(h5, compression, progress: bool = True, config: Config | N
         for k, v in src.attrs.items():
             dst.attrs[k] = v
         f.flush()
-        dst.attrs["copied"] = True
+        dst.attrs["copied"] = True         # the copy is complete: from here on, finish the swap
         f.flush()
         del f[MODELS]
-        f.move(NEW_MODELS, MODELS)
-        del f[MODELS].attrs["copied"]
-        f[HC].attrs["compression"] = str(compression)
+        _swap_in_new_models(f)
     log.info("%s: %s recompressed with %s", h5, MODELS, compression)
+
+
+def _filters_of(ds) -> tuple:
+    return ds.compression, ds.compression_opts
+
+
+def _swap_in_new_models(f) -> None:
+    f.move(NEW_MODELS, MODELS)
+    del f[MODELS].attrs["copied"]
+    f[HC].attrs["compression"] = "%s:%s" % _filters_of(f[MODELS])
+    f.flush()

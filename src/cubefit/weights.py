@@ -178,6 +178,8 @@ def read_lambda_weights(h5, *, config: Config | None = None) -> np.ndarray:
         L = f["/ObsPix"].shape[0]
         mask = f["/Mask"][...].astype(bool) if "/Mask" in f else np.ones(L, bool)
         stored = f[dset][...] if dset in f else None
+        made_from = _plain(f[dset].attrs.get("inputs_fingerprint", "")) if dset in f else ""
+        stale = bool(made_from) and made_from != _plain(f.attrs.get("inputs_fingerprint", ""))
     if not cfg.lambda_weights_enable:
         log.info("%s: λ-weights disabled (CUBEFIT_LAMBDA_WEIGHTS_ENABLE=0): using 1", path)
         return np.ones(L)
@@ -186,6 +188,9 @@ def read_lambda_weights(h5, *, config: Config | None = None) -> np.ndarray:
             log.info("%s: no %s and CUBEFIT_LAMBDA_WEIGHTS_AUTO=0: using λ-weights 1", path, dset)
             return np.ones(L)
         stored = ensure_lambda_weights(path, config=cfg)
+    if stale:
+        log.warning("%s: %s was made from other inputs than the file now holds; remake it with "
+                    "ensure_lambda_weights(..., overwrite=True)", path, dset)
     w = np.asarray(stored, dtype=np.float64)
     if w.shape != (L,) or not np.all(np.isfinite(w)):
         raise ValueError(f"{path}:{dset}: expected ({L},) finite λ-weights, got shape {w.shape}"
