@@ -87,8 +87,9 @@ def main(argv=None) -> list:
     print(head)
     for r in rows:
         print(f"{r['size']:<7}{r['S']:>4}{r['C']:>3}{r['P']:>5}{r['L']:>6}{r['T']:>6}  "
-              f"{str(tuple(r['chunks'])):<13}{r['tiles']:>6}{r['build_s']:>9.2f}{r['cpu_s']:>7.2f}{r['pairs_per_s']:>9.1f}"
-              f"{r['columns_per_s']:>9.0f}{r['written_MB_per_s']:>7.1f}{r['tracemalloc_peak_MB']:>9.1f}")
+              f"{str(tuple(r['chunks'])):<13}{r['tiles']:>6}{r['build_s']:>9.2f}{r['cpu_s']:>7.2f}"
+              f"{r['pairs_per_s']:>9.1f}{r['columns_per_s']:>9.0f}{r['written_MB_per_s']:>7.1f}"
+              f"{r['tracemalloc_peak_MB']:>9.1f}")
     maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"process peak RSS {maxrss:.0f} MB (numpy {np.__version__}, cubefit {__version__}, "
           f"{platform.processor() or platform.machine()})")

@@ -4,12 +4,16 @@ Column ``A[s, c, p, :]`` is template ``p`` convolved with the unit-area LOSVD
 kernel of component ``c`` at spaxel ``s``, rebinned to the observed grid by the
 sparse ``R (L, T)`` and scaled by ``g[s, c]`` (DESIGN §2)::
 
-    A[s,c,p,:] = g[s,c] · R (h_sc ⊛ T_p),   g = a (norm "model")  or  F[s]·a[s,c]/Σ_c' a[s,c'] ("data")
+    A[s,c,p,:] = g[s,c] · R (h_sc ⊛ T_p),
+    g = a (norm "model")   or   g = F[s]·a[s,c] / Σ_c' a[s,c'] (norm "data")
 
 with ``a`` the LOSVD amplitudes (``amp_mode`` "sum" or "trapz") and ``F`` =
 ``/HyperCube/data_flux``.  Columns are stored float32 on **every** pixel, masked
 ones included: the mask enters the column energy and the solver, never the models,
-so changing the mask does not need a rebuild.
+so changing the mask does not need a rebuild.  A spaxel whose LOSVDs are all zero
+has zero columns in both norms (``g = 0``): it needs no data flux, and conversion
+leaves it as it is; every other spaxel needs a finite ``F[s] > 0`` for the "data"
+norm, else the build or conversion stops with a ``ValueError`` listing them.
 
 Layout (all under ``/HyperCube``; settings are attributes of the group):
 
@@ -116,7 +120,8 @@ class TileGrid:
 
     def slices(self, tile) -> tuple:
         """``(s, c, p)`` slices of tile ``(iS, iC, iP)``."""
-        return tuple(slice(i * c, min((i + 1) * c, n)) for i, c, n in zip(tile, self.chunks, self.shape))
+        return tuple(slice(i * c, min((i + 1) * c, n))
+                     for i, c, n in zip(tile, self.chunks, self.shape))
 
 
 def default_chunks(S: int, C: int, P: int, L: int, target_bytes: int = _CHUNK_TARGET_BYTES) -> tuple:
@@ -297,7 +302,8 @@ def _filters(compression) -> dict:
         return {"compression": "gzip", "compression_opts": 4, "shuffle": True}
     if isinstance(compression, int) and not isinstance(compression, bool) and 0 <= compression <= 9:
         return {"compression": "gzip", "compression_opts": compression, "shuffle": True}
-    raise ValueError(f"compression: expected None, 'gzip', 'lzf' or a gzip level 0-9, got {compression!r}")
+    raise ValueError(f"compression: expected None, 'gzip', 'lzf' or a gzip level 0-9, "
+                     f"got {compression!r}")
 
 
 def _create_models(f, name, shape, chunks, compression):
@@ -388,8 +394,9 @@ def _wanted_settings(f, norm_mode, amp_mode, chunk_args) -> dict:
     S, _, C = f["/LOSVD"].shape
     P = f["/Templates"].shape[0]
     L = f["/ObsPix"].shape[0]
+    names = ("S_chunk", "C_chunk", "P_chunk")
     chunks = tuple(_chunk_arg(name, value, n, d) for name, value, n, d in
-                   zip(("S_chunk", "C_chunk", "P_chunk"), chunk_args, (S, C, P), default_chunks(S, C, P, L)))
+                   zip(names, chunk_args, (S, C, P), default_chunks(S, C, P, L)))
     return {"norm.mode": norm_mode, "amp_mode": amp_mode, "chunks": chunks, "shape": (S, C, P, L),
             "inputs_fingerprint": _attr(f.attrs.get("inputs_fingerprint", ""))}
 
@@ -578,9 +585,9 @@ def _conversion_factors(filename, amp_sum, flux, to_mode) -> np.ndarray:
     f[light] = ratio if to_mode == "data" else 1.0 / ratio
     bad = np.flatnonzero(light & ~(np.isfinite(f) & (f > 0)))
     if bad.size:
-        raise ValueError(f"{filename}: normalisation factors to {to_mode!r} are non-finite or ≤ 0 for "
-                         f"{bad.size} spaxels {bad[:20].tolist()}; check /HyperCube/data_flux and "
-                         "/HyperCube/norm/losvd_amp_sum there")
+        raise ValueError(f"{filename}: normalisation factors to {to_mode!r} are non-finite or ≤ 0 "
+                         f"for {bad.size} spaxels {bad[:20].tolist()}; check /HyperCube/data_flux "
+                         "and /HyperCube/norm/losvd_amp_sum there")
     dark = np.flatnonzero(~light)
     if dark.size:
         log.info("%s: %d spaxels without LOSVD light keep their zero columns: %s", filename, dark.size,
@@ -647,7 +654,7 @@ def _convert_tiles(f, factor, progress) -> None:
                   unit="tile", desc="convert norm"):
         tile_idx = grid.tile(k)
         ss, cs, ps = grid.slices(tile_idx)
-        local = (slice(0, ss.stop - ss.start), slice(0, cs.stop - cs.start), slice(0, ps.stop - ps.start))
+        local = tuple(slice(0, sl.stop - sl.start) for sl in (ss, cs, ps))
         if int(hc.attrs["norm.convert_staged"]) != k:
             tile = (ds[ss, cs, ps, :] * factor[ss, None, None, None]).astype(np.float32)
             scratch[local] = tile
