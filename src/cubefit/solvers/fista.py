@@ -72,19 +72,24 @@ def fista(A, y=None, *, x0=None, gtol: float = 1e-6, ftol: float = 1e-10, window
     best = [cost]
     # The cost-change test is relative, with a floor at the rounding level of ½‖ỹ‖²
     # so that a noiseless problem (optimal cost 0) can settle too.
-    floor = np.finfo(np.float64).eps ** 2 * 0.5 * float(prob.y @ prob.y)
+    y_norm = float(np.linalg.norm(prob.y))
+    floor = np.finfo(np.float64).eps ** 2 * 0.5 * y_norm**2
     status, nit = 0, 0
     while True:
         if g_y is None:                  # gradient at the extrapolated point
             r_y = Ay - prob.y
             f_y, g_y = 0.5 * float(r_y @ r_y), prob.rmatvec(r_y)
-        while True:                      # backtracking on the quadratic upper bound
+        # Backtracking on the quadratic upper bound.  The slack covers rounding in the
+        # two costs (relative to f and to the residual-data product, for f ≈ 0), and
+        # the doubling is capped because only rounding can defeat the test for L ≥ ‖Ã‖².
+        slack = 1e-12 * f_y + 1e-13 * np.sqrt(2.0 * f_y) * y_norm
+        for _ in range(60):
             xn = np.maximum(yv - g_y / L, 0.0)
             Axn = prob.matvec(xn)
             rn = Axn - prob.y
             cost_n = 0.5 * float(rn @ rn)
             step = xn - yv
-            if cost_n <= f_y + float(g_y @ step) + 0.5 * L * float(step @ step) + 1e-12 * f_y:
+            if cost_n <= f_y + float(g_y @ step) + 0.5 * L * float(step @ step) + slack:
                 break
             L *= 2.0
         nit += 1

@@ -1,0 +1,158 @@
+"""Tests for cubefit.solvers: costs against scipy.optimize.nnls on the dense weighted
+matrix of the brute-force reference hypercube, and recovery of a known truth."""
+import numpy as np
+import pytest
+from scipy.optimize import nnls
+from scipy.sparse.linalg import aslinearoperator
+
+from cubefit.operator import LOSVDOperator
+from cubefit.solvers import (METHODS, LeastSquares, fista, nnls_gram, nnls_on_gram,
+                             nnls_working_set, projected_gradient, solve)
+from reference import direct_hypercube
+from test_operator import build, make_problem, reference_A, weighted_dense
+
+SOLVERS = sorted(METHODS)
+
+
+@pytest.fixture(scope="module")
+def noisy():
+    """Random problem with mask, λ-weights, inverse variance and noise; scipy's optimum."""
+    pb = make_problem(seed=11, S=6, C=3, P=5)
+    A = reference_A(pb)
+    Y = np.einsum("scpl,cp->sl", A, pb["x_true"])
+    Y = Y + pb["sigma"] * pb["rng"].standard_normal(Y.shape)
+    Aw = weighted_dense(A, pb)
+    yw = (np.sqrt(pb["mask"] * pb["lambda_weights"] * pb["ivar"]) * Y).ravel()
+    x_ref, rnorm = nnls(Aw, yw)
+    return dict(pb=pb, Y=Y, Aw=Aw, yw=yw, x_ref=x_ref, f_ref=0.5 * rnorm**2,
+                op=build(pb, datacube=Y))
+
+
+def reference_optimality(Aw, yw, x):
+    """The documented measure, from the dense matrix: ‖pg‖∞ / ‖Aᵀy‖∞."""
+    g = Aw.T @ (Aw @ x - yw)
+    pg = np.where(x > 0, g, np.minimum(g, 0))
+    return np.abs(pg).max() / np.abs(Aw.T @ yw).max()
+
+
+@pytest.mark.parametrize("method", SOLVERS)
+def test_cost_matches_scipy_nnls(noisy, method):
+    r = solve(noisy["op"], method=method)
+    f_ref = noisy["f_ref"]
+    assert r.success and r.status == 1
+    assert abs(r.cost - f_ref) <= 1e-6 * f_ref
+    assert np.all(r.x >= 0) and r.x.shape == (noisy["op"].shape[1],)
+    # 1e-9: the reference's ln λ step (mean of diffs) and the operator's (median) differ by
+    # ~1e-11 relative, which moves the kernels' pixel velocities by as much.
+    assert r.cost == pytest.approx(0.5 * np.sum((noisy["Aw"] @ r.x - noisy["yw"]) ** 2), rel=1e-9)
+    ref_opt = reference_optimality(noisy["Aw"], noisy["yw"], r.x)
+    assert r.optimality <= 1e-6 and ref_opt <= 1e-6
+    assert r.optimality == pytest.approx(ref_opt, rel=1e-6, abs=1e-12)
+    assert r.passes >= 3 and r.method == method
+    h = r.history
+    assert len(h["time"]) == len(h["passes"]) == len(h["cost"]) == len(h["optimality"]) >= 1
+    assert h["cost"][-1] == pytest.approx(r.cost, rel=1e-12)
+    assert set(r.timings) == {"total", "operator", "gram", "solve"}
+
+
+@pytest.mark.parametrize("method", ["gram", "working_set"])
+def test_exact_solvers_on_collinear_ssp_like_mock(small_mock, method):
+    """The synthetic SSPs are nearly collinear (ill-conditioned); data norm, all weights."""
+    m = small_mock
+    lam_w = np.random.default_rng(2).uniform(0.2, 1.0, m.obs_pix.size)
+    flux = m.datacube[:, m.mask].mean(axis=1)
+    with pytest.MonkeyPatch.context() as mp:
+        if not hasattr(np, "trapz"):
+            mp.setattr(np, "trapz", np.trapezoid, raising=False)
+        A = direct_hypercube(m.templates, m.tem_pix, m.obs_pix, m.vel_pix, m.losvd,
+                             norm_mode="data", data_flux=flux)
+    d = np.sqrt(m.mask * lam_w / m.noise**2)
+    Aw = (A * d[:, None, None, :]).transpose(0, 3, 1, 2).reshape(d.size, -1)
+    yw = (d * m.datacube).ravel()
+    _, rnorm = nnls(Aw, yw)
+    f_ref = 0.5 * rnorm**2
+    op = LOSVDOperator(m.templates, m.tem_pix, m.obs_pix, m.vel_pix, m.losvd, norm_mode="data",
+                       datacube=m.datacube, mask=m.mask, lambda_weights=lam_w, ivar=1 / m.noise**2)
+    r = solve(op, method=method)
+    assert r.success
+    assert abs(r.cost - f_ref) <= 1e-6 * f_ref
+
+
+@pytest.mark.parametrize("method", SOLVERS)
+def test_noiseless_mock_recovers_truth(method):
+    pb = make_problem(seed=21, S=8, C=2, P=4)
+    A = reference_A(pb)
+    Y = np.einsum("scpl,cp->sl", A, pb["x_true"])
+    op = build(pb, datacube=Y)
+    r = solve(op, method=method, gtol=1e-10)
+    x_true = pb["x_true"].ravel()
+    assert np.abs(r.x - x_true).max() <= 1e-6 * np.abs(x_true).max()
+
+
+def test_warm_start_from_optimum_is_certified_at_once(noisy):
+    op = noisy["op"]
+    cold = nnls_working_set(op)
+    warm = nnls_working_set(op, x0=cold.x)
+    assert warm.success and warm.nit == 0 and warm.passes == 3      # Aᵀỹ, then Ã x0 and Ãᵀ r
+    assert warm.cost == pytest.approx(cold.cost, rel=1e-14)
+    g = nnls_gram(op, x0=cold.x)
+    assert g.success and g.nit == 0 and g.gram_columns == 0
+    f_cold, f_warm = fista(op), fista(op, x0=cold.x)
+    assert f_warm.success and f_warm.passes < f_cold.passes
+    assert abs(f_warm.cost - noisy["f_ref"]) <= 1e-6 * noisy["f_ref"]
+
+
+def test_working_set_from_partial_start(noisy):
+    """A start with the wrong support still converges to the optimum."""
+    x0 = np.zeros(noisy["op"].shape[1])
+    x0[np.flatnonzero(noisy["x_ref"] == 0)[:3]] = 1.0
+    r = nnls_working_set(noisy["op"], x0=x0, max_add=1)
+    assert r.success and r.nit >= 2
+    assert abs(r.cost - noisy["f_ref"]) <= 1e-6 * noisy["f_ref"]
+
+
+@pytest.mark.parametrize("kind", ["ndarray", "linear_operator"])
+@pytest.mark.parametrize("method", SOLVERS)
+def test_generic_problem_inputs(noisy, kind, method):
+    Aw = noisy["Aw"] if kind == "ndarray" else aslinearoperator(noisy["Aw"])
+    r = solve(Aw, noisy["yw"], method=method)
+    assert r.success and abs(r.cost - noisy["f_ref"]) <= 1e-6 * noisy["f_ref"]
+
+
+def test_limits_stop_without_certificate(noisy):
+    r = fista(noisy["op"], max_iter=3)
+    assert r.status == 0 and not r.success and r.nit == 3 and "limit" in r.message
+    r = nnls_working_set(noisy["op"], max_iter=0)
+    assert r.status == 0 and not r.success and r.nit == 0
+
+
+def test_nnls_on_gram_handles_zero_and_duplicate_columns():
+    rng = np.random.default_rng(4)
+    A = rng.standard_normal((40, 8))
+    A[:, 3] = 0.0                                  # absent component
+    A[:, 6] = A[:, 1]                              # exactly collinear pair
+    y = A @ np.abs(rng.standard_normal(8)) + 0.1 * rng.standard_normal(40)
+    _, rnorm = nnls(A, y)
+    z = nnls_on_gram(A.T @ A, A.T @ y)
+    assert np.all(z >= 0) and z[3] == 0
+    assert 0.5 * np.sum((A @ z - y) ** 2) == pytest.approx(0.5 * rnorm**2, rel=1e-10)
+
+
+def test_projected_gradient_definition():
+    x = np.array([0.0, 0.0, 2.0, 1.0])
+    g = np.array([3.0, -2.0, 0.5, -0.1])
+    np.testing.assert_array_equal(projected_gradient(x, g), [0.0, -2.0, 0.5, -0.1])
+
+
+def test_boundary_errors(noisy):
+    op = noisy["op"]
+    with pytest.raises(ValueError, match="method"):
+        solve(op, method="kaczmarz")
+    with pytest.raises(ValueError, match="y: expected"):
+        LeastSquares(op, np.ones(5))
+    with pytest.raises(ValueError, match="x0: expected finite non-negative"):
+        nnls_working_set(op, x0=-np.ones(op.shape[1]))
+    with pytest.raises(ValueError, match=r"x0: expected \(15,\)"):
+        fista(op, x0=np.ones(3))
+    with pytest.raises(ValueError, match="weighted_data"):
+        LeastSquares(noisy["Aw"])
