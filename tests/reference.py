@@ -36,6 +36,11 @@ def direct_kernel(hist, vel_pix, dlog_t):
     return h / h.sum() if h.sum() > 0 else h
 
 
+def trapezoid_by_hand(y, x):
+    """∫ y dx by the trapezoid rule, term by term."""
+    return sum(0.5 * (y[i] + y[i + 1]) * (x[i + 1] - x[i]) for i in range(len(x) - 1))
+
+
 def direct_hypercube(templates, tem_pix, obs_pix, vel_pix, losvd, norm_mode="model",
                      amp_mode="sum", data_flux=None):
     """Materialised ``A (S, C, P, L)`` of DESIGN §2, loop by loop (small problems only)."""
@@ -45,7 +50,7 @@ def direct_hypercube(templates, tem_pix, obs_pix, vel_pix, losvd, norm_mode="mod
     P = templates.shape[0]
     A = np.zeros((S, C, P, obs_pix.size))
     for s in range(S):
-        amps = [losvd[s, :, c].sum() if amp_mode == "sum" else np.trapz(losvd[s, :, c], vel_pix)
+        amps = [losvd[s, :, c].sum() if amp_mode == "sum" else trapezoid_by_hand(losvd[s, :, c], vel_pix)
                 for c in range(C)]
         for c in range(C):
             if norm_mode == "model":

@@ -65,11 +65,9 @@ def direct(path, norm, amp):
     """tests/reference.direct_hypercube on the file's stored (cropped) inputs, cached."""
     if (norm, amp) not in _REF:
         inp = read_inputs(path)
-        with pytest.MonkeyPatch.context() as mp:   # the reference predates numpy 2's trapezoid name
-            mp.setattr(np, "trapz", trapezoid, raising=False)
-            _REF[norm, amp] = reference.direct_hypercube(
-                inp.templates, inp.tem_pix, inp.obs_pix, inp.vel_pix, inp.losvd, norm, amp,
-                inp.data_flux)
+        _REF[norm, amp] = reference.direct_hypercube(
+            inp.templates, inp.tem_pix, inp.obs_pix, inp.vel_pix, inp.losvd, norm, amp,
+            inp.data_flux)
     return _REF[norm, amp]
 
 
