@@ -39,6 +39,7 @@ recomputed at every apply (same code, bit-identical results).
 """
 from __future__ import annotations
 
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -55,6 +56,12 @@ __all__ = ["LOSVDOperator", "DEFAULT_MEMORY_BUDGET"]
 
 DEFAULT_MEMORY_BUDGET = 2 * 1024**3
 """Default bytes the operator may hold: cached kernel spectra plus per-tile work arrays."""
+
+_CHUNK_BYTES = 16 * 2**20
+"""Size of the transient work arrays.  glibc returns freed blocks above its mmap
+threshold (at most 32 MiB) to the OS and page-faults them back on the next
+allocation, which costs more than the arithmetic on them; blocks of this size are
+recycled by the allocator instead."""
 
 _DTYPES = {np.dtype(np.float64): np.dtype(np.complex128), np.dtype(np.float32): np.dtype(np.complex64)}
 
@@ -255,26 +262,28 @@ class LOSVDOperator:
         return F
 
     def _plan_tiles(self, budget: int, tile):
-        """Choose the tile size and how many tiles keep their kernel spectra cached."""
+        """Choose the tile size and how many tiles keep their kernel spectra cached.
+
+        Each worker thread holds, for a tile whose spectra are not cached, a scratch
+        copy of them (``tile·C·F`` complex), the tile's FFT arrays and a few
+        :data:`_CHUNK_BYTES` temporaries; the rest of the budget caches spectra, tile
+        by tile in order.
+        """
         if budget <= 0:
             raise ValueError(f"memory_budget: expected a positive number of bytes, got {budget}")
-        c_item = self.cdtype.itemsize
-        spec_bytes = self.C * self.F * c_item            # g·ĥ of one spaxel
-        # Recomputing one spaxel's spectra holds its kernels, the zero-padded kernels and
-        # their spectra (twice: layout change), hence ≈ 4 spectra worth of work memory.
-        work_per_spaxel = 4 * spec_bytes + 4 * self.nfft * self.dtype.itemsize
+        spec_bytes = self.C * self.F * self.cdtype.itemsize            # g·ĥ of one spaxel
+        per_spaxel = spec_bytes + 4 * self.nfft * self.dtype.itemsize
         if tile is None:
-            tile = int(min(64, max(1, budget // (4 * work_per_spaxel * self.workers))))
+            tile = int(min(64, max(1, budget // (4 * per_spaxel * self.workers))))
         tile = int(tile)
         if tile < 1:
             raise ValueError(f"tile: expected a positive number of spaxels, got {tile}")
         tile = min(tile, self.S)
         self.tile = tile
         self._tiles = [slice(i, min(i + tile, self.S)) for i in range(0, self.S, tile)]
-        work = self.workers * tile * work_per_spaxel
+        work = self.workers * (tile * per_spaxel + 3 * _CHUNK_BYTES)
         cache_room = max(0, budget - work)
-        n_cached = 0
-        used = 0
+        n_cached, used = 0, 0
         for sl in self._tiles:
             nbytes = (sl.stop - sl.start) * spec_bytes
             if used + nbytes > cache_room:
@@ -285,6 +294,8 @@ class LOSVDOperator:
         self._work_bytes = work
         self._n_cached = n_cached
         self._cache: list[np.ndarray | None] = [None] * len(self._tiles)
+        self._scratch = threading.local()    # per-thread spectra of uncached tiles
+        self._pool = None                    # persistent threads keep their scratch
 
     @property
     def cache_info(self) -> dict:
@@ -305,26 +316,46 @@ class LOSVDOperator:
 
     # -- kernel spectra ------------------------------------------------------------------
     def _spectra(self, i: int) -> np.ndarray:
-        """``g[s,c]·ĥ_sc`` of tile ``i`` as ``(F, St, C)`` (the layout of the batched matvec)."""
+        """``g[s,c]·ĥ_sc`` of tile ``i`` as ``(F, St, C)`` (the layout of the batched matvec).
+
+        Cached tiles are computed once; the others are recomputed into the calling
+        thread's scratch buffer, which is reused from apply to apply.
+        """
         cached = self._cache[i]
         if cached is not None:
             return cached
         sl = self._tiles[i]
-        h = losvd_kernels(self._H[sl], self._vel, self.dlog_t, K=self.K, axis=1)   # (St, C, 2K+1)
-        h *= self.g[sl, :, None]
-        spec = kernel_spectra(h.astype(self.dtype, copy=False), self.nfft)       # (St, C, F)
-        spec = np.ascontiguousarray(spec.transpose(2, 0, 1))
         if i < self._n_cached:
-            self._cache[i] = spec
-        return spec
+            out = np.empty((self.F, sl.stop - sl.start, self.C), dtype=self.cdtype)
+            self._cache[i] = out
+        else:
+            buf = getattr(self._scratch, "spectra", None)
+            if buf is None:
+                buf = self._scratch.spectra = np.empty((self.F, self.tile, self.C), self.cdtype)
+            out = buf[:, :sl.stop - sl.start]
+        # Spaxel chunks keep the kernels, their zero-padded copies and spectra small.
+        step = max(1, _CHUNK_BYTES // (self.C * self.nfft * 16))
+        for j0 in range(sl.start, sl.stop, step):
+            j1 = min(j0 + step, sl.stop)
+            h = losvd_kernels(self._H[j0:j1], self._vel, self.dlog_t, K=self.K, axis=1)
+            h *= self.g[j0:j1, :, None]                                     # (n, C, 2K+1)
+            spec = kernel_spectra(h.astype(self.dtype, copy=False), self.nfft)   # (n, C, F)
+            out[:, j0 - sl.start:j1 - sl.start] = spec.transpose(2, 0, 1)
+        return out
 
     def _map_tiles(self, fn):
-        """``fn(i)`` for every tile, on ``workers`` threads; results in tile order."""
+        """Yield ``fn(i)`` for every tile in order, computed on ``workers`` threads.
+
+        A generator, so that a caller reducing the results (the adjoint) holds only
+        the few that are ready rather than one per tile.
+        """
         idx = range(len(self._tiles))
         if self.workers == 1 or len(self._tiles) == 1:
-            return [fn(i) for i in idx]
-        with ThreadPoolExecutor(self.workers) as pool:
-            return list(pool.map(fn, idx))
+            yield from map(fn, idx)
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="cubefit-operator")
+        yield from self._pool.map(fn, idx)
 
     # -- applies ------------------------------------------------------------------------
     def _x_matrix(self, x) -> np.ndarray:
@@ -346,7 +377,8 @@ class LOSVDOperator:
             y = (self._R @ z).T                                            # (St, L)
             out[sl] = y * self._d[sl] if weighted else y
 
-        self._map_tiles(tile)
+        for _ in self._map_tiles(tile):
+            pass
         return out
 
     def matvec(self, x) -> np.ndarray:
@@ -376,7 +408,10 @@ class LOSVDOperator:
             # Σ_s conj(V̂) ĝĥ = conj(Σ_s conj(ĝĥ) V̂): one batched (1×St)·(St×C) per frequency.
             return np.matmul(Vc[:, None, :], self._spectra(i))[:, 0, :]      # (F, C)
 
-        Gh = sum(self._map_tiles(tile)).conj()                              # (F, C)
+        Gh = np.zeros((self.F, self.C), dtype=self.cdtype)
+        for part in self._map_tiles(tile):
+            Gh += part
+        Gh = Gh.conj()                                                      # (F, C)
         G = scipy.fft.irfft(Gh.T, self.nfft, axis=-1)[:, :self.T]           # (C, T) correlation
         return (G @ self._templates.T).ravel()
 
@@ -421,31 +456,46 @@ class LOSVDOperator:
         return idx
 
     def _blocks(self, cols):
-        """Yield ``(tile slice, B)`` with the weighted columns ``Ã[:, cols]`` of each tile.
+        """Yield ``(rows, B)``: the weighted columns ``Ã[:, cols]`` of a chunk of spaxels.
 
-        ``B`` has shape ``(L, St, k)``: ``B[l, j, i] = d[s,l] · A[s, c_i, p_i, l]`` for the
-        tile's ``j``-th spaxel ``s``.  Each column costs one inverse FFT per spaxel:
-        ``irfft(g ĥ_sc ⊙ T̂_p)``; the spaxel tiles are re-cut so that one block and its
-        FFT work arrays fit in the memory budget.
+        ``rows`` is the chunk's spaxel slice and ``B`` has shape ``(st, L, k)``,
+        ``B[j, l, i] = d[s,l] · A[s, c_i, p_i, l]`` for the chunk's ``j``-th spaxel ``s``
+        (so ``B.reshape(st·L, k)`` are rows of ``Ã``).  ``B`` is a reused buffer: use it
+        before asking for the next chunk.  Each column costs one inverse FFT per
+        spaxel, ``irfft(g ĥ_sc ⊙ T̂_p)``, batched per component as a broadcast product
+        (no gather of the spectra).
         """
         if self._That is None:
             self._That = scipy.fft.rfft(self._templates, self.nfft, axis=-1).T.copy()  # (F, P)
         c_idx, p_idx = np.divmod(cols, self.P)
-        k = max(1, cols.size)
-        per_spaxel = k * (self.F * self.cdtype.itemsize + (self.nfft + self.L) * self.dtype.itemsize)
-        step = int(max(1, min(self.S, self.memory_budget // (2 * per_spaxel))))
-        Tp = self._That[:, None, p_idx]                                          # (F, 1, k)
+        groups = []
+        for c in np.unique(c_idx):
+            sel = np.flatnonzero(c_idx == c)
+            if np.array_equal(sel, np.arange(sel[0], sel[-1] + 1)):
+                sel = slice(sel[0], sel[-1] + 1)       # sorted columns: cheap slice copies
+            groups.append((c, sel, self._That[:, None, p_idx[sel]]))        # (F, 1, kc)
+        k_max = max((Tp.shape[2] for _, _, Tp in groups), default=1)
+        per_spaxel = max(cols.size * self.L * self.dtype.itemsize,
+                         k_max * self.F * self.cdtype.itemsize, k_max * self.nfft * self.dtype.itemsize)
+        step = int(max(1, min(self.tile, _CHUNK_BYTES // per_spaxel,
+                              self.memory_budget // (4 * per_spaxel))))
+        B = np.empty((step, self.L, cols.size), dtype=self.dtype)
+        prod = np.empty((self.F, step, k_max), dtype=self.cdtype)
         for i, sl in enumerate(self._tiles):
             spec = self._spectra(i)                                              # (F, St, C)
             for j0 in range(0, sl.stop - sl.start, step):
-                sub = slice(j0, min(j0 + step, sl.stop - sl.start))
-                prod = spec[:, sub][:, :, c_idx] * Tp                             # (F, st, k)
-                z = scipy.fft.irfft(prod, self.nfft, axis=0)[:self.T]             # (T, st, k)
-                st = z.shape[1]
-                B = (self._R @ z.reshape(self.T, st * cols.size)).reshape(self.L, st, cols.size)
-                rows = slice(sl.start + sub.start, sl.start + sub.stop)
-                B *= self._d[rows].T[:, :, None]
-                yield rows, B
+                st = min(step, sl.stop - sl.start - j0)
+                for c, sel, Tp in groups:
+                    kc = Tp.shape[2]
+                    pr = prod[:, :st, :kc]
+                    np.multiply(spec[:, j0:j0 + st, c, None], Tp, out=pr)         # (F, st, kc)
+                    z = scipy.fft.irfft(pr, self.nfft, axis=0, workers=self.workers)[:self.T]
+                    Bc = (self._R @ z.reshape(self.T, st * kc)).reshape(self.L, st, kc)
+                    B[:st, :, sel] = Bc.transpose(1, 0, 2)
+                rows = slice(sl.start + j0, sl.start + j0 + st)
+                Bt = B[:st]
+                Bt *= self._d[rows][:, :, None]
+                yield rows, Bt
 
     def columns(self, cols=None) -> np.ndarray:
         """Dense weighted columns ``Ã[:, cols]`` as ``(S·L, k)`` (all ``C·P`` by default).
@@ -455,16 +505,16 @@ class LOSVDOperator:
         cols = self._column_index(cols, "cols")
         out = np.empty((self.S, self.L, cols.size), dtype=self.dtype)
         for rows, B in self._blocks(cols):
-            out[rows] = B.transpose(1, 0, 2)
+            out[rows] = B
         return out.reshape(self.S * self.L, cols.size)
 
     def gram(self, rows=None, cols=None) -> np.ndarray:
         """Weighted Gram block ``Ã[:, rows]ᵀ Ã[:, cols]`` (default all: ``ÃᵀÃ (C·P, C·P)``).
 
-        Method: the columns of the union of ``rows`` and ``cols`` are formed for one
-        tile of spaxels at a time (one inverse FFT per spaxel and column, no complex
+        Method: the columns of the union of ``rows`` and ``cols`` are formed for a
+        chunk of spaxels at a time (one inverse FFT per spaxel and column, no complex
         multiply-adds over components) and their products accumulated with one BLAS
-        matrix product per tile (``syrk`` for the symmetric full Gram).  Forming
+        matrix product per chunk (``syrk`` for the symmetric full Gram).  Forming
         ``ÃᵀÃ e_j`` with the operator instead would cost ``2·C·P`` applies, each
         ``S·C·F`` complex multiply-adds plus ``S`` FFTs — ``C`` times more transform
         work.  Computed in float64 whatever the operator's dtype.
@@ -478,15 +528,14 @@ class LOSVDOperator:
                              "matrix-free solver (working set)")
         union, inv = np.unique(np.concatenate([rows, cols]), return_inverse=True)
         r_pos, c_pos = inv[:rows.size], inv[rows.size:]
+        r_all = np.array_equal(r_pos, np.arange(union.size))
         same = np.array_equal(rows, cols)
         G = np.zeros((rows.size, cols.size))
         for _, B in self._blocks(union):
-            B2 = B.reshape(-1, union.size).astype(np.float64, copy=False)        # rows (l, s)
-            Br = B2 if np.array_equal(r_pos, np.arange(union.size)) else B2[:, r_pos]
-            if same:
-                G += Br.T @ Br          # numpy calls syrk for a product with its own transpose
-            else:
-                G += Br.T @ B2[:, c_pos]
+            B2 = B.reshape(-1, union.size).astype(np.float64, copy=False)        # rows (s, l)
+            Br = B2 if r_all else B2[:, r_pos]
+            # np.dot recognises a product with its own transpose and calls BLAS syrk.
+            G += np.dot(Br.T, Br) if same else np.dot(Br.T, B2[:, c_pos])
         return G
 
     def column_energy(self) -> np.ndarray:
@@ -499,7 +548,7 @@ class LOSVDOperator:
         cols = np.arange(self.C * self.P)
         E = np.zeros(cols.size)
         for _, B in self._blocks(cols):
-            E += np.einsum("lsk,lsk->k", B, B, dtype=np.float64)
+            E += np.einsum("slk,slk->k", B, B, dtype=np.float64)
         return E.reshape(self.C, self.P)
 
     def __repr__(self) -> str:
