@@ -102,6 +102,15 @@ def test_warm_start_from_optimum_is_certified_at_once(noisy):
     assert abs(f_warm.cost - noisy["f_ref"]) <= 1e-6 * noisy["f_ref"]
 
 
+def test_working_set_without_column_cache(noisy):
+    """Recomputing the working set's columns every round gives the same optimum."""
+    cached = nnls_working_set(noisy["op"], max_add=2)
+    recomputed = nnls_working_set(noisy["op"], max_add=2, column_cache_bytes=0)
+    assert recomputed.success and recomputed.nit == cached.nit
+    assert recomputed.gram_columns > cached.gram_columns          # W re-formed each round
+    assert recomputed.cost == pytest.approx(cached.cost, rel=1e-12)
+
+
 def test_working_set_from_partial_start(noisy):
     """A start with the wrong support still converges to the optimum."""
     x0 = np.zeros(noisy["op"].shape[1])

@@ -108,12 +108,15 @@ class LOSVDOperator:
     ivar : ``(S, L)`` inverse variance ``ι ≥ 0`` (default 1).
     dtype : ``float64`` or ``float32``: precision of every apply (float32 halves the
         cache and the memory traffic; accumulations stay in that precision).
-    memory_budget : bytes for cached kernel spectra plus the work arrays of one tile.
+    memory_budget : bytes for cached kernel spectra plus each worker's work arrays
+        (one tile's spectra when they are not cached, FFT buffers); see :attr:`cache_info`.
     tile : spaxels per tile (default: chosen from the budget, at most 64).
     workers : threads that process spaxel tiles concurrently (numpy, BLAS and FFT
         calls release the GIL, so 2 threads use 2 cores).
 
-    Attributes ``S, C, P, L, T, K, nfft`` give the sizes; ``shape = (S·L, C·P)``.
+    Attributes: sizes ``S, C, P, L, T``, kernel half-width ``K``, FFT length ``nfft``
+    and ``F = nfft//2 + 1``; ``shape = (S·L, C·P)``; LOSVD amplitudes ``amp (S, C)``
+    and column scales ``g (S, C)``; ``data_flux (S,)`` (``norm_mode="data"``).
     """
 
     def __init__(self, templates, tem_pix, obs_pix, vel_pix, losvd, R=None, *,
@@ -395,7 +398,7 @@ class LOSVDOperator:
         The gradient of ``½‖Ã x − ỹ‖²`` is ``rmatvec(matvec(x) − weighted_data())``.
         """
         r = np.asarray(r)
-        if r.size != self.S * self.L:
+        if r.shape not in ((self.S * self.L,), (self.S, self.L)):
             raise ValueError(f"r: expected ({self.S * self.L},) = S·L residuals (or (S, L)), got "
                              f"shape {r.shape}")
         r = r.reshape(self.S, self.L)
@@ -438,8 +441,9 @@ class LOSVDOperator:
         Its dtype is the operator's (``float64`` or ``float32``); ``matvec`` and
         ``rmatvec`` are :meth:`matvec` and :meth:`rmatvec`.
         """
-        return LinearOperator(self.shape, matvec=self.matvec, rmatvec=self.rmatvec,
-                              dtype=self.dtype)
+        # scipy may pass (n, 1) columns: flatten them.
+        return LinearOperator(self.shape, matvec=lambda v: self.matvec(np.ravel(v)),
+                              rmatvec=lambda v: self.rmatvec(np.ravel(v)), dtype=self.dtype)
 
     # -- explicit columns: Gram matrix, column energy -----------------------------------------
     def _column_index(self, idx, name):

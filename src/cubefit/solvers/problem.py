@@ -5,8 +5,9 @@
 * a :class:`cubefit.operator.LOSVDOperator` (its ``weighted_data()`` is the default
   ``ỹ`` and its ``gram(rows, cols)`` forms Gram blocks from explicit columns),
 * any object with ``shape``, ``matvec`` and ``rmatvec`` (e.g. a
-  :class:`scipy.sparse.linalg.LinearOperator`) and optionally ``gram(rows, cols)``;
-  without it Gram blocks come from ``matvec`` of unit vectors,
+  :class:`scipy.sparse.linalg.LinearOperator`) and optionally ``gram(rows, cols)`` and
+  ``columns(idx)``; without them explicit columns come from ``matvec`` of unit
+  vectors,
 * a dense or sparse matrix.
 
 Everything the solvers compute is float64, whatever the operator's precision.
@@ -101,27 +102,44 @@ class LeastSquares:
     def optimality(self, x, grad) -> float:
         return relative_optimality(x, grad, self.grad0_norm)
 
-    def gram(self, rows=None, cols=None) -> np.ndarray:
-        """``A[:, rows]ᵀ A[:, cols]`` in float64 (default all columns)."""
+    def columns(self, idx) -> np.ndarray:
+        """Explicit columns ``A[:, idx]`` as a float64 ``(m, k)`` array."""
         t = time.perf_counter()
-        rows = np.arange(self.n) if rows is None else np.asarray(rows, dtype=np.intp)
-        cols = np.arange(self.n) if cols is None else np.asarray(cols, dtype=np.intp)
-        union = np.union1d(rows, cols)
+        idx = np.asarray(idx, dtype=np.intp)
         if self._dense is not None:
-            Ar = self._dense[:, rows]
-            G = np.asarray((Ar.T @ self._dense[:, cols]).toarray() if sp.issparse(Ar)
-                           else Ar.T @ self._dense[:, cols], dtype=np.float64)
-        elif hasattr(self._op, "gram"):
-            G = np.asarray(self._op.gram(rows=rows, cols=cols), dtype=np.float64)
+            cols = self._dense[:, idx]
+            cols = cols.toarray() if sp.issparse(cols) else cols
+        elif hasattr(self._op, "columns"):
+            cols = self._op.columns(idx)
         else:
-            cols_of = np.empty((self.m, union.size))
-            for i, j in enumerate(union):
+            cols = np.empty((self.m, idx.size))
+            for i, j in enumerate(idx):
                 e = np.zeros(self.n)
                 e[j] = 1.0
-                cols_of[:, i] = self._op.matvec(e)
-            self.passes += union.size
-            G = cols_of[:, np.searchsorted(union, rows)].T @ cols_of[:, np.searchsorted(union, cols)]
-        self.gram_columns += union.size
+                cols[:, i] = self._op.matvec(e)
+            self.passes += idx.size
+        self.gram_columns += idx.size
+        self.timings["gram"] += time.perf_counter() - t
+        return np.asarray(cols, dtype=np.float64)
+
+    def gram(self, rows=None, cols=None) -> np.ndarray:
+        """``A[:, rows]ᵀ A[:, cols]`` in float64 (default all columns).
+
+        Uses the operator's own ``gram`` when it has one (the LOSVD operator forms the
+        columns chunk by chunk and never holds them all), else :meth:`columns`.
+        """
+        rows = np.arange(self.n) if rows is None else np.asarray(rows, dtype=np.intp)
+        cols = np.arange(self.n) if cols is None else np.asarray(cols, dtype=np.intp)
+        if self._dense is None and hasattr(self._op, "gram"):
+            t = time.perf_counter()
+            G = np.asarray(self._op.gram(rows=rows, cols=cols), dtype=np.float64)
+            self.gram_columns += np.union1d(rows, cols).size
+            self.timings["gram"] += time.perf_counter() - t
+            return G
+        union = np.union1d(rows, cols)
+        Au = self.columns(union)
+        t = time.perf_counter()
+        G = Au[:, np.searchsorted(union, rows)].T @ Au[:, np.searchsorted(union, cols)]
         self.timings["gram"] += time.perf_counter() - t
         return G
 

@@ -5,8 +5,8 @@ so the optimum is found by solving small problems exactly:
 
 1. ``x``, its cost and full gradient ``∇f = Ãᵀ(Ã x − ỹ)`` cost one forward and one
    adjoint pass;
-2. if the relative projected gradient is ``≤ gtol`` the KKT conditions hold: stop
-   (certified);
+2. if no column outside ``W`` has a negative gradient (beyond rounding), no column
+   can lower the cost: stop, certified by the KKT test (``optimality ≤ gtol``);
 3. otherwise the most violating columns (``x_j = 0``, ``∇f_j < 0``, most negative
    first) join the working set ``W``; only their Gram rows ``Ã_Wᵀ Ã_new`` are formed
    (explicit columns, :meth:`cubefit.operator.LOSVDOperator.gram`);
@@ -19,6 +19,8 @@ operator's, instead of ``(C·P)²`` for the full Gram matrix.
 """
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from .exact import nnls_on_gram
@@ -28,25 +30,43 @@ from .result import SolverResult
 __all__ = ["nnls_working_set"]
 
 
-def nnls_working_set(A, y=None, *, x0=None, gtol: float = 1e-6, ftol: float = 1e-15,
-                     max_add: int | None = None, max_iter: int = 500,
-                     max_passes: int | None = None) -> SolverResult:
+def nnls_working_set(A, y=None, *, x0=None, gtol: float = 1e-6, ftol: float = 1e-12,
+                     vtol: float = 1e-12, max_add: int | None = None, max_iter: int = 500,
+                     max_passes: int | None = None,
+                     column_cache_bytes: int = 2 * 1024**3) -> SolverResult:
     """Certified NNLS by column generation; see the module docstring.
 
     Parameters
     ----------
     A, y : the problem (:class:`cubefit.solvers.problem.LeastSquares`).
     x0 : warm start ``(n,)``, ``≥ 0``; its support seeds the working set.
-    gtol : KKT tolerance on the relative projected gradient.
-    ftol : cost-change test: stop (status 2) when a round lowers the cost by no more
-        than ``ftol·cost`` — only rounding can cause that, since each round is exact.
-    max_add : columns added per round (default ``max(10, |W|)``: the set at most
-        doubles, so few rounds are needed and little is added in vain).
+    gtol : KKT tolerance on the relative projected gradient (status 1 needs it).
+    ftol : stop when a round lowers the cost by no more than ``ftol·cost``: only
+        rounding can cause that, since each round is exact.
+    vtol : a column enters when ``∇f_j < −vtol·‖∇f(0)‖∞``.  Rounding level by default:
+        on nearly collinear templates a gradient far below ``gtol`` can still hide a
+        cost decrease far above it (the decrease is ``≈ ∇f_j² / (2·curvature)``), so
+        the method runs until no column can lower the cost rather than stopping as
+        soon as ``gtol`` is met.
+    max_add : columns added per round.  Default: adaptive, balancing the two costs of
+        a round — its two operator passes and forming the new columns — with the
+        timings of the previous round: ``k ≈ t(passes) / t(one column)``, at least 5
+        and at most ``max(10, |W|)`` (the set at most doubles).  Nearly collinear
+        templates give many violators whose neighbours will enter too; adding only a
+        few per round keeps ``|W|`` (and the column work) near the final support.
     max_iter, max_passes : safety limits (status 0).
+    column_cache_bytes : the explicit columns ``Ã_W`` (``m·|W|`` float64) are kept while
+        they fit, so that a round forms only its new columns; beyond, each round's
+        Gram rows are formed from scratch (``Ã_W`` columns recomputed chunk by chunk).
+
+    Status: 1 when no column can enter (or the cost has settled, ``ftol``) and the KKT
+    test passes; 2 when it has settled but the test fails (rounding in the restricted
+    Gram solve); 0 at a limit.
     """
     prob = LeastSquares(A, y)
     n = prob.n
     b = prob.b
+    tau = vtol * prob.grad0_norm
     if x0 is None:
         x = np.zeros(n)
         cost, grad = 0.5 * float(prob.y @ prob.y), -b
@@ -54,36 +74,32 @@ def nnls_working_set(A, y=None, *, x0=None, gtol: float = 1e-6, ftol: float = 1e
         x = prob.check_x0(x0)
         cost, grad, _ = prob.evaluate(x)
     W = np.flatnonzero(x > 0)
-    Q = prob.gram(W, W) if W.size else np.zeros((0, 0))
+    cache = _ColumnCache(prob, column_cache_bytes)
+    Q = cache.gram_rows(W[:0], W)
     in_W = np.zeros(n, bool)
     in_W[W] = True
-    nit = 0
-    status = 0
-    message = None
-    prev = None
+    nit, status, message, prev = 0, 0, None, None
+    round_times = None                  # (s in the last two passes, s in columns, columns)
     while True:
         opt = prob.optimality(x, grad)
         prob.record(cost, opt)
-        if opt <= gtol:
-            status = 1
-            break
-        if prev is not None and prev - cost <= ftol * prev:
-            status = 2
+        viol = np.flatnonzero(~in_W & (grad < -tau))
+        settled = prev is not None and prev - cost <= ftol * prev
+        if viol.size == 0 or settled:
+            status = 1 if opt <= gtol else 2
+            if status == 2:
+                message = (f"stalled at optimality {opt:.3g} > gtol={gtol:g}: "
+                           + ("no column outside the working set can enter; rounding in the "
+                              "restricted Gram solve" if viol.size == 0 else
+                              "the last round did not lower the cost (rounding)"))
             break
         if nit >= max_iter or (max_passes is not None and prob.passes >= max_passes):
             break
-        viol = np.flatnonzero(~in_W & (grad < 0))
-        if viol.size == 0:
-            status = 2
-            message = ("stalled: no column outside the working set violates the KKT conditions, "
-                       "but rounding in the restricted Gram solve leaves the projected gradient "
-                       f"at {opt:.3g} > gtol={gtol:g}")
-            break
-        k = max_add or max(10, W.size)
+        k = max_add or _adaptive_add(prob, round_times, W.size)
         new = viol[np.argsort(grad[viol], kind="stable")[:k]]
         # Extend the Gram block: only the rows and columns of the new columns are formed.
         allW = np.concatenate([W, new])
-        cross = prob.gram(allW, new)                                   # (|W|+k, k)
+        cross = cache.gram_rows(W, new)                                # (|W|+k, k)
         Qn = np.empty((allW.size, allW.size))
         Qn[:W.size, :W.size] = Q
         Qn[:, W.size:] = cross
@@ -93,6 +109,52 @@ def nnls_working_set(A, y=None, *, x0=None, gtol: float = 1e-6, ftol: float = 1e
         x = np.zeros(n)
         x[W] = nnls_on_gram(Q, b[W])
         prev = cost
+        t_ops = prob.timings["operator"]
         cost, grad, _ = prob.evaluate(x)
+        round_times = (prob.timings["operator"] - t_ops, prob.timings["gram"], prob.gram_columns)
         nit += 1
     return prob.result("working_set", x, cost, opt, nit, status, message)
+
+
+def _adaptive_add(prob: LeastSquares, round_times, w_size: int) -> int:
+    """Columns to add so that forming them costs about as much as a round's passes."""
+    if round_times is None or round_times[2] == 0:
+        return 10
+    t_passes, t_cols, n_cols = round_times
+    k = int(round(t_passes / max(t_cols / n_cols, 1e-12)))
+    return int(min(max(5, k), max(10, w_size)))
+
+
+class _ColumnCache:
+    """Gram rows ``[Ã_W, Ã_new]ᵀ Ã_new`` for a growing working set ``W``.
+
+    While ``Ã_W`` fits in ``max_bytes`` its columns are kept (in a buffer that doubles
+    when full), so each round forms only the new columns and one matrix product;
+    once it does not, the buffer is dropped and every round's rows come from
+    :meth:`LeastSquares.gram`, which recomputes the columns of ``W``.
+    """
+
+    def __init__(self, prob: LeastSquares, max_bytes: int):
+        self.prob = prob
+        self.max_cols = int(max_bytes) // (8 * max(prob.m, 1))
+        self.buf = np.empty((0, prob.m))    # Ã_Wᵀ, one column per row: contiguous products
+        self.k = 0                          # columns held in buf[:k]
+
+    def gram_rows(self, W, new) -> np.ndarray:
+        prob = self.prob
+        if self.buf is not None and W.size + new.size > self.max_cols:
+            self.buf = None
+        if self.buf is None:
+            return prob.gram(np.concatenate([W, new]), new)
+        A_new = prob.columns(new)                                        # (m, k_new)
+        t = time.perf_counter()
+        if self.k + new.size > self.buf.shape[0]:
+            grown = np.empty((min(max(2 * self.buf.shape[0], self.k + new.size), self.max_cols),
+                              prob.m))
+            grown[:self.k] = self.buf[:self.k]
+            self.buf = grown
+        self.buf[self.k:self.k + new.size] = A_new.T
+        self.k += new.size
+        rows = self.buf[:self.k] @ A_new
+        prob.timings["gram"] += time.perf_counter() - t
+        return rows
