@@ -311,6 +311,10 @@ def with_priors(A, y=None, *, orbit_weights=None, orbit_strength: float = 1.0,
             prob._add("orbit", Lam, prob.mu * (np.eye(C) - np.outer(f, np.ones(C))))
 
     if regul > 0:
+        if max(shape) <= regul_order:
+            raise ValueError(f"regul: the population grid {shape} has no axis longer than "
+                             f"regul_order={regul_order}, so there is nothing to regularise; use "
+                             "regul_order=1, pass the grid as pop_shape, or set regul=0")
         eye = lambda k: sp.identity(k, format="csr")  # noqa: E731
         axes = [sp.kron(sp.kron(eye(int(np.prod(shape[:a]))), _difference_matrix(na, regul_order)),
                         eye(int(np.prod(shape[a + 1:]))))
