@@ -59,7 +59,6 @@ def fista(A, y=None, *, x0=None, gtol: float = 1e-6, ftol: float = 1e-10, window
     (skips the power iteration).
     """
     prob = LeastSquares(A, y)
-    prob.b  # noqa: B018  (‖∇f(0)‖ scales the KKT test: one adjoint, made now)
     L = float(lipschitz) if lipschitz is not None else power_lipschitz(prob)
     x = np.zeros(prob.n) if x0 is None else prob.check_x0(x0)
     Ax = prob.matvec(x) if x.any() else np.zeros(prob.m)
