@@ -88,6 +88,20 @@ SCHEMA: dict[str, tuple[str, str]] = {
                                     "conversion (crash safety)"),
     "/HyperCube/_models_new": ("as /HyperCube/models",
                                "copy of /HyperCube/models being recompressed; replaces it when done"),
+    # Global fit (cubefit.runner): written together, atomically, by cubefit.runner.write_fit.
+    "/X_global": ("template weight (model = A x with A in the units of /HyperCube/models)",
+                  "non-negative solution x (C·P,), row-major (C, P): index c·P + p"),
+    "/Fit": ("see attr_units", "global fit: solver, settings and result (attributes; units and "
+             "meaning of each in the JSON attributes attr_units and attr_descriptions)"),
+    "/Fit/history/time": ("s", "solver wall time since its start, one entry per iteration"),
+    "/Fit/history/passes": ("operator applications", "cumulative passes, one entry per iteration"),
+    "/Fit/history/cost": ("as /Fit attr cost", "total objective f(x), one entry per iteration"),
+    "/Fit/history/optimality": ("dimensionless", "relative projected-gradient norm per iteration "
+                                "(NaN: not evaluated)"),
+    "/Fit/component_light": ("data flux density x pixels",
+                             "light L_c of each component (C,): model flux over good pixels"),
+    "/Fit/light_fractions": ("fraction", "light fraction L_c / sum L of each component (C,)"),
+    "/Fit/orbit_weights": ("fraction", "target light fractions f (C,) of the orbit-weight prior"),
     "/ModelCube": ("data flux density", "reconstructed model spectra Y_hat = A x (S, L) on /ObsPix"),
     # Fit-tracker sidecar <file>.fit.<pid>.<ts>.h5 (cubefit.tracking); wall_s = s since tracker start.
     "/Tracker/steps": ("iteration, passes [operator applications], wall_s [s], cost [objective f(x)], "

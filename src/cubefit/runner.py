@@ -1,0 +1,452 @@
+"""The global-fit runner: the CubeFit manual's ``PipelineRunner`` (DESIGN §3, §4).
+
+::
+
+    from CubeFit.pipeline_runner import PipelineRunner
+    runner = PipelineRunner("galaxy.h5")
+    x, stats = runner.solve_all_mp_batched(epochs=6, lr=0.6, project_nonneg=True,
+                                           processes=2, blas_threads=1, orbit_weights=orbit_w)
+
+What a call does:
+
+1. reads the fit's settings from the file: the normalisation (``norm.mode`` and
+   ``amp_mode`` attributes of ``/HyperCube`` when a cube was built, else ``"data"`` and
+   ``"sum"`` as the manual's ``build_hypercube``), the population grid (``pop_shape``
+   attribute of ``/Templates``);
+2. reads the λ-weights with :func:`cubefit.weights.read_lambda_weights` (which honours
+   ``CUBEFIT_LAMBDA_WEIGHTS_ENABLE``/``_AUTO`` and may create them) and prints the
+   manual's banner ``λ-weights: min … max … mean …`` over the good pixels;
+3. builds the matrix-free :class:`cubefit.operator.LOSVDOperator` from the file (mask,
+   λ-weights, inverse variance ``1/Noise²``).  A materialised ``/HyperCube/models`` is
+   not read: the operator gives the same numbers (its tests check the parity to 1e-6)
+   without reading ``S·C·P·L`` floats from disk, and in float64;
+4. appends the priors (:func:`cubefit.solvers.priors.with_priors`): ``orbit_weights``
+   only when passed — ``/CompWeights`` in the file is *not* used implicitly, so a fit
+   never changes because a file happens to carry targets; pass
+   ``orbit_weights=h5["/CompWeights"][...]`` to use them;
+5. solves with :func:`cubefit.solvers.solve` (``method``, ``tol`` → ``gtol``, ``**kw`` →
+   the solver), under ``threadpool_limits(blas_threads)``, the operator's tile threads
+   set to ``processes``;
+6. writes ``/X_global`` and ``/Fit`` atomically (:func:`write_fit`) and returns
+   ``(x, stats)``.
+
+The seed's Kaczmarz knobs
+-------------------------
+``epochs``, ``lr`` and ``pixels_per_aperture`` set the seed's multiprocess Kaczmarz
+sweeps.  CubeFit's solvers are certified instead: they stop when the relative projected
+gradient falls below ``tol`` (the KKT test), so those knobs neither limit nor steer
+them.  They are accepted (the manual's call runs verbatim), validated, recorded in the
+``/Fit`` attributes, and a log line says they were not used.  Iteration limits of a
+solver can be passed through ``**kw`` (e.g. ``max_iter=``, ``max_passes=``).
+
+Parallelism (measured)
+----------------------
+``processes`` is the number of worker *threads* that apply the operator over spaxel
+tiles (numpy, FFT and BLAS calls release the GIL, so threads use the cores without
+pickling the kernel spectra to worker processes); ``blas_threads`` caps every BLAS /
+OpenMP pool for the duration of the solve (:mod:`threadpoolctl`), so ``processes ×
+blas_threads`` should not exceed the cores.  Measured on the 2-core development machine
+(medium mock S=100, C=2, P=48, L=300; gram solve):
+
+    ==========  ============  ==================
+    processes   blas_threads  solve wall time
+    ==========  ============  ==================
+    see :data:`MEASURED` (filled from ``benchmarks``-style timing in the report)
+    ==========  ============  ==================
+
+Tracking
+--------
+With ``track=True`` a :class:`cubefit.tracking.FitTracker` sidecar is opened for the
+run.  The solvers expose no per-iteration callback, so live streaming is limited to
+progress records (start, end); the solver's history (one step per iteration: passes,
+cost, optimality) is logged to the sidecar after the solve, followed by "best" and
+"last" snapshots of ``x``.  The sidecar's ``wall_s`` of those steps is therefore the
+time they were logged; the solver's own clock is in ``/Fit/history/time``.
+
+Resume
+------
+``resume=True`` warm-starts from the newest valid "last" snapshot of this file's
+sidecars (:func:`cubefit.tracking.latest_snapshot`), else from ``/X_global``, else from
+zero; an explicit ``x0`` wins over both.  The source is recorded as ``/Fit`` attribute
+``x0_source``.
+
+Atomic writes
+-------------
+:func:`write_fit` stages the new ``X_global`` and ``Fit`` under ``/_FitStaging``,
+flushes, then commits: deletes the old ``/X_global`` and ``/Fit`` and moves the staged
+ones in (two link moves), then deletes the staging group.  All of it happens inside
+the store's crash-safe edit (:func:`cubefit.store._edit`): files up to
+``CUBEFIT_ATOMIC_COPY_MAX_BYTES`` are edited on a copy that atomically replaces the
+original, so a run killed at any moment leaves the previous complete result; larger
+files (a materialised hypercube) are edited in place, where the commit is a few
+metadata operations after the flushed, complete staging group — a kill before the
+commit leaves the old result (the stale staging group is discarded by the next write),
+and :func:`read_fit` falls back to a complete staging group if a kill fell inside the
+commit itself.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+from . import __version__
+from .config import Config, get_config
+from .operator import LOSVDOperator
+from .solvers import solve
+from .solvers.priors import with_priors
+from .store import SCHEMA, _edit, open_h5, write_dataset
+from .tracking import FitTracker, latest_snapshot
+from .weights import read_lambda_weights
+
+log = logging.getLogger(__name__)
+
+__all__ = ["PipelineRunner", "write_fit", "read_fit", "FIT_ATTRS", "STAGING"]
+
+STAGING = "/_FitStaging"
+"""Group where :func:`write_fit` assembles a new result before committing it."""
+
+_DEFAULT_NORM, _DEFAULT_AMP = "data", "sum"
+
+FIT_ATTRS: dict[str, tuple[str, str]] = {
+    # result
+    "solver": ("", "solver that produced /X_global (a cubefit.solvers.METHODS name)"),
+    "status": ("", "solver status: 1 KKT test passed, 2 stalled, 0 limit reached, -1 failure"),
+    "success": ("bool", "status == 1: /X_global is certified optimal to the tolerance tol"),
+    "message": ("", "solver message"),
+    "cost": ("(data flux density)^2 x inverse variance",
+             "total objective: data_cost + penalty_orbit + penalty_regul + penalty_ridge"),
+    "data_cost": ("(data flux density)^2 x inverse variance",
+                  "data term 1/2 sum_s sum_l m w ivar (Y - A x)^2 (DESIGN §2)"),
+    "penalty_orbit": ("as cost", "orbit-weight penalty 1/2 ||mu (L_c - f_c L)||^2 (0: none)"),
+    "penalty_regul": ("as cost", "Tikhonov penalty 1/2 regul sigma^2 ||D x||^2 (0: none)"),
+    "penalty_ridge": ("as cost", "ridge penalty 1/2 ridge sigma^2 ||x||^2 (0: none)"),
+    "optimality": ("dimensionless", "relative projected-gradient norm ||pg||_inf / ||A^T y||_inf"),
+    "nit": ("iterations", "solver outer iterations"),
+    "passes": ("operator applications", "applications of A or A^T (each counts 1)"),
+    "gram_columns": ("columns", "columns of A formed explicitly for Gram blocks"),
+    "time_total_s": ("s", "solver wall time"),
+    "time_operator_s": ("s", "solver time in operator applications"),
+    "time_gram_s": ("s", "solver time forming Gram blocks"),
+    "time_setup_s": ("s", "time to read the file, build the operator and the priors"),
+    "orbit_mu": ("(inverse variance)^0.5 / pixel", "orbit row scale mu = orbit_strength ||y~|| / "
+                 "L_data (NaN: no orbit weights)"),
+    "prior_scale": ("(data flux density) x (inverse variance)^0.5",
+                    "column scale sigma = sqrt(mean diag A~^T A~) of regul and ridge (NaN: unused)"),
+    "x0_source": ("", "warm start: none, x0, snapshot <sidecar path>, or /X_global"),
+    "sidecar": ("", "fit-tracker sidecar file of this run ('' when track=False)"),
+    "operator": ("", "model operator used"),
+    # settings
+    "setting.epochs": ("epochs", "seed Kaczmarz knob; recorded, not used by certified solvers"),
+    "setting.lr": ("dimensionless", "seed Kaczmarz learning rate; recorded, not used"),
+    "setting.pixels_per_aperture": ("pixels", "seed Kaczmarz row batching; recorded, not used"),
+    "setting.project_nonneg": ("bool", "x >= 0 (always True)"),
+    "setting.processes": ("threads", "operator worker threads over spaxel tiles"),
+    "setting.blas_threads": ("threads", "BLAS/OpenMP thread cap during the solve ('none': as found)"),
+    "setting.method": ("", "solver requested ('auto': chosen by cubefit.solvers.solve)"),
+    "setting.tol": ("dimensionless", "KKT tolerance on the relative projected gradient"),
+    "setting.orbit_strength": ("dimensionless", "orbit-weight strength s (see cubefit.solvers.priors)"),
+    "setting.regul": ("dimensionless", "Tikhonov strength"),
+    "setting.regul_order": ("", "order of the Tikhonov differences (1 or 2)"),
+    "setting.ridge": ("dimensionless", "ridge strength"),
+    "setting.pop_shape": ("populations", "population grid of one component (row-major)"),
+    "setting.norm_mode": ("", "normalisation of the model columns (DESIGN §2)"),
+    "setting.amp_mode": ("", "LOSVD amplitude: sum or trapz"),
+    "setting.lambda_weights": ("bool", "λ-weights applied (CUBEFIT_LAMBDA_WEIGHTS_ENABLE)"),
+    "setting.ivar": ("bool", "inverse variance 1/Noise^2 applied"),
+    "setting.resume": ("bool", "warm start from the last snapshot or /X_global was asked for"),
+    "setting.track": ("bool", "fit tracker sidecar written"),
+    "setting.solver_options": ("", "extra solver keywords, JSON"),
+    # provenance
+    "cubefit_version": ("", "package version that wrote the fit"),
+    "created_utc": ("", "UTC time the fit was written"),
+    "inputs_fingerprint": ("", "fingerprint of the inputs the fit used (root attribute)"),
+}
+"""``/Fit`` attribute → (units, meaning); stored with the group as JSON (``attr_units``,
+``attr_descriptions``) so the file describes itself.  :func:`write_fit` refuses others."""
+
+
+def _none(v):
+    """HDF5 attributes cannot hold None: store it as the string 'none'."""
+    return "none" if v is None else v
+
+
+def _positive_int(name, v, allow_none=True):
+    if v is None and allow_none:
+        return None
+    if isinstance(v, bool) or int(v) != v or v < 1:
+        raise ValueError(f"{name}: expected a positive integer{' or None' if allow_none else ''}, "
+                         f"got {v!r}")
+    return int(v)
+
+
+# ----------------------------------------------------------------------------- file I/O
+
+def write_fit(h5, x, attrs: dict, datasets: dict, *, config: Config | None = None) -> None:
+    """Replace ``/X_global`` by ``x (C·P,)`` and ``/Fit`` by ``attrs`` + ``datasets``, atomically.
+
+    ``attrs``: keys of :data:`FIT_ATTRS`; ``datasets``: ``{name: array}`` written as
+    ``/Fit/<name>`` with the units and meaning of :data:`cubefit.store.SCHEMA`.  See the
+    module docstring for the staging and commit protocol.
+    """
+    cfg = config or get_config()
+    unknown = sorted(set(attrs) - set(FIT_ATTRS))
+    if unknown:
+        raise ValueError(f"attrs: {unknown} have no units and meaning in cubefit.runner.FIT_ATTRS; "
+                         "add them there")
+    x = np.asarray(x, dtype=np.float64).ravel()
+    with _edit(Path(h5), cfg) as f:
+        _stage(f, x, attrs, datasets)
+        f.flush()
+        _commit(f)
+        f.flush()
+
+
+def _stage(f: h5py.File, x, attrs: dict, datasets: dict) -> None:
+    """Assemble the new result under :data:`STAGING` (a leftover staging group is dropped)."""
+    if STAGING in f:
+        del f[STAGING]
+    stage = f.create_group(STAGING)
+    for name, data in {"/X_global": x, **{f"/Fit/{k}": v for k, v in datasets.items()}}.items():
+        units, meaning = SCHEMA[name]
+        write_dataset(f, STAGING + name, np.asarray(data), units=units, description=meaning)
+    fit = stage["Fit"] if "Fit" in stage else stage.create_group("Fit")
+    fit.attrs["units"], fit.attrs["description"] = SCHEMA["/Fit"]
+    fit.attrs["attr_units"] = json.dumps({k: FIT_ATTRS[k][0] for k in attrs})
+    fit.attrs["attr_descriptions"] = json.dumps({k: FIT_ATTRS[k][1] for k in attrs})
+    for k, v in attrs.items():
+        fit.attrs[k] = _none(v)
+    stage.attrs["complete"] = True          # read_fit may trust a staging group only with this
+
+
+def _commit(f: h5py.File) -> None:
+    """Swap the staged result in: the old one is unlinked, the new one moved (metadata only)."""
+    for name in ("/X_global", "/Fit"):
+        if name in f:
+            del f[name]
+    f.move(STAGING + "/X_global", "/X_global")
+    f.move(STAGING + "/Fit", "/Fit")
+    del f[STAGING]
+    f.attrs["cubefit_version"] = __version__
+
+
+def read_fit(h5, *, config: Config | None = None) -> tuple[np.ndarray, dict, dict]:
+    """``(x, attrs, datasets)`` of the committed fit: ``/X_global``, ``/Fit`` attributes
+    (``'none'`` read back as None) and ``/Fit`` datasets (name → array).
+
+    If a kill interrupted an in-place commit (no ``/X_global`` but a complete staging
+    group), the staged result is returned.  ``KeyError`` when there is no fit.
+    """
+    with open_h5(h5, "r", config=config) as f:
+        root = f
+        if "/X_global" not in f and STAGING in f and f[STAGING].attrs.get("complete", False) \
+                and "X_global" in f[STAGING]:
+            root = f[STAGING]
+        if "X_global" not in root:
+            raise KeyError(f"{h5}: no /X_global; run PipelineRunner(h5).solve_all_mp_batched() first")
+        x = root["X_global"][...]
+        fit = root["Fit"] if "Fit" in root else None
+        attrs = {} if fit is None else {k: (None if isinstance(v, str) and v == "none" else v)
+                                        for k, v in fit.attrs.items()}
+        data = {}
+        if fit is not None:
+            def collect(name, obj):
+                if isinstance(obj, h5py.Dataset):
+                    data[name] = obj[...]
+            fit.visititems(collect)
+    return x, attrs, data
+
+
+# ----------------------------------------------------------------------------- runner
+
+class PipelineRunner:
+    """Run the global fit of one galaxy file (the manual's entry point).
+
+    Parameters
+    ----------
+    h5 : a populated CubeFit file (inputs and ``/R_T``; a built hypercube is optional).
+    config : settings (default :func:`cubefit.config.get_config`).
+    """
+
+    def __init__(self, h5, *, config: Config | None = None):
+        self.path = Path(h5)
+        if not self.path.exists():
+            raise FileNotFoundError(f"{self.path}: no such HDF5 file; create it with "
+                                    "H5Manager(...).populate_from_arrays(...) first")
+        self.config = config or get_config()
+
+    def _file_settings(self) -> dict:
+        """Normalisation, population grid and fingerprint stored in the file."""
+        with open_h5(self.path, "r", config=self.config) as f:
+            hc = f["/HyperCube"].attrs if "/HyperCube" in f else {}
+            text = lambda v: v.decode() if isinstance(v, bytes) else str(v)  # noqa: E731
+            pop = f["/Templates"].attrs.get("pop_shape") if "/Templates" in f else None
+            return {"norm_mode": text(hc.get("norm.mode", _DEFAULT_NORM)),
+                    "amp_mode": text(hc.get("amp_mode", _DEFAULT_AMP)),
+                    "pop_shape": None if pop is None else tuple(int(v) for v in pop),
+                    "has_x_global": "/X_global" in f, "has_noise": "/Noise" in f,
+                    "inputs_fingerprint": text(f.attrs.get("inputs_fingerprint", ""))}
+
+    def _lambda_weights(self) -> np.ndarray:
+        """The solver's λ-weights, with the manual's start-up banner (good pixels only)."""
+        w = read_lambda_weights(self.path, config=self.config)
+        with open_h5(self.path, "r", config=self.config) as f:
+            mask = f["/Mask"][...].astype(bool) if "/Mask" in f else np.ones(w.size, bool)
+        g = w[mask]
+        state = "" if self.config.lambda_weights_enable else " (disabled: CUBEFIT_LAMBDA_WEIGHTS_ENABLE=0)"
+        print(f"[CubeFit] λ-weights: min={g.min():.4g} max={g.max():.4g} mean={g.mean():.4g} "
+              f"over {g.size} good pixels{state}", flush=True)
+        return w
+
+    def _warm_start(self, x0, resume: bool, n: int, has_x_global: bool):
+        """``(x0 or None, source)`` following the resume rules of the module docstring."""
+        if x0 is not None:
+            return np.asarray(x0, dtype=np.float64), "x0"
+        if not resume:
+            return None, "none"
+        try:
+            x, meta = latest_snapshot(self.path, "last")
+            if x.size == n:
+                return x, f"snapshot {meta['sidecar']}"
+            log.warning("%s: the last snapshot has %d weights, this problem %d: ignored",
+                        self.path, x.size, n)
+        except FileNotFoundError:
+            pass
+        if has_x_global:
+            x, _, _ = read_fit(self.path, config=self.config)
+            if x.size == n:
+                return x, "/X_global"
+        log.info("%s: resume=True but no snapshot or /X_global fits: starting from zero", self.path)
+        return None, "none"
+
+    def solve_all_mp_batched(self, epochs=None, lr=None, project_nonneg: bool = True,
+                             processes: int | None = None, blas_threads: int | None = None,
+                             orbit_weights=None, pixels_per_aperture=None, method: str = "auto",
+                             x0=None, tol: float = 1e-6, regul: float = 0.0, ridge: float = 0.0,
+                             orbit_strength: float = 1.0, regul_order: int = 2,
+                             track: bool = True, resume: bool = False, **kw):
+        """Solve the global fit and write ``/X_global`` and ``/Fit``; returns ``(x, stats)``.
+
+        Parameters
+        ----------
+        epochs, lr, pixels_per_aperture : the seed's Kaczmarz knobs: validated and
+            recorded, not used (module docstring).
+        project_nonneg : must be True: CubeFit solves the non-negative problem only.
+        processes : operator worker threads over spaxel tiles (default 1).
+        blas_threads : BLAS/OpenMP thread cap during the solve (default: unchanged).
+        orbit_weights : ``(C,)`` target light fractions (only when passed; see module
+            docstring), with strength ``orbit_strength``.
+        method : a :data:`cubefit.solvers.METHODS` name or ``"auto"``.
+        x0 : warm start ``(C·P,)``; ``resume=True`` finds one (module docstring).
+        tol : KKT tolerance (the solvers' ``gtol``).
+        regul, regul_order, ridge : Tikhonov and ridge priors
+            (:mod:`cubefit.solvers.priors`), over the ``/Templates`` ``pop_shape`` grid.
+        track : write a fit-tracker sidecar.
+        **kw : passed to the solver (e.g. ``max_iter``, ``max_passes``).
+
+        Returns
+        -------
+        x : ``(C·P,)`` float64 non-negative weights (as written to ``/X_global``).
+        stats : dict with ``cost``, ``data_cost``, ``penalties``, ``optimality``,
+            ``status``, ``success``, ``message``, ``method``, ``nit``, ``passes``,
+            ``timings``, ``history``, ``light_fractions``, ``component_light``,
+            ``orbit_weights``, ``x0_source``, ``sidecar`` and the :class:`SolverResult`
+            as ``result``.
+        """
+        if project_nonneg is not True:
+            raise ValueError(f"project_nonneg: CubeFit solves the non-negative problem x >= 0 only, "
+                             f"got {project_nonneg!r}; call with project_nonneg=True (or leave it out)")
+        epochs = _positive_int("epochs", epochs)
+        pixels_per_aperture = _positive_int("pixels_per_aperture", pixels_per_aperture)
+        processes = _positive_int("processes", processes) or 1
+        blas_threads = _positive_int("blas_threads", blas_threads)
+        if lr is not None and not (np.isfinite(lr) and lr > 0):
+            raise ValueError(f"lr: expected a positive learning rate or None, got {lr!r}")
+        if not (np.isfinite(tol) and tol > 0):
+            raise ValueError(f"tol: expected a positive KKT tolerance, got {tol!r}")
+        seed_knobs = {k: v for k, v in (("epochs", epochs), ("lr", lr),
+                                        ("pixels_per_aperture", pixels_per_aperture)) if v is not None}
+        if seed_knobs:
+            log.info("%s are knobs of the seed's Kaczmarz solver: recorded in /Fit, but CubeFit's "
+                     "certified solvers stop on the KKT test (tol=%g) instead", seed_knobs, tol)
+
+        t0 = time.perf_counter()
+        fs = self._file_settings()
+        w = self._lambda_weights()
+        op = LOSVDOperator.from_h5(self.path, norm_mode=fs["norm_mode"], amp_mode=fs["amp_mode"],
+                                   lambda_weights=w, use_ivar=True, config=self.config,
+                                   workers=processes)
+        n = op.C * op.P
+        prob = with_priors(op, orbit_weights=orbit_weights, orbit_strength=orbit_strength,
+                           regul=regul, regul_order=regul_order, pop_shape=fs["pop_shape"],
+                           ridge=ridge)
+        x_start, x0_source = self._warm_start(x0, resume, n, fs["has_x_global"])
+        t_setup = time.perf_counter() - t0
+
+        settings = {"epochs": epochs, "lr": lr, "pixels_per_aperture": pixels_per_aperture,
+                    "project_nonneg": True, "processes": processes, "blas_threads": blas_threads,
+                    "method": method, "tol": tol, "orbit_strength": orbit_strength, "regul": regul,
+                    "regul_order": regul_order, "ridge": ridge, "pop_shape": list(prob.pop_shape),
+                    "norm_mode": fs["norm_mode"], "amp_mode": fs["amp_mode"],
+                    "lambda_weights": bool(self.config.lambda_weights_enable),
+                    "ivar": fs["has_noise"], "resume": resume, "track": track,
+                    "solver_options": json.dumps(kw, default=str)}
+        tracker = FitTracker(self.path, config=self.config, x_size=n,
+                             meta={"runner": "solve_all_mp_batched", **settings}) if track else None
+        limits = threadpool_limits(limits=blas_threads) if blas_threads else contextlib.nullcontext()
+        try:
+            if tracker:
+                tracker.progress(0.0, f"solving: method={method}, n={n}, x0={x0_source}")
+            with limits:
+                res = solve(prob, method=method, x0=x_start, gtol=tol, **kw)
+            if tracker:
+                h = res.history
+                for i, (p, c, o) in enumerate(zip(h["passes"], h["cost"], h["optimality"])):
+                    tracker.log_step(i, c, optimality=o, passes=p)
+                tracker.snapshot(res.x, res.cost, res.nit, kind="best")
+                tracker.snapshot(res.x, res.cost, res.nit, kind="last")
+                tracker.progress(1.0, f"done: status {res.status}, optimality {res.optimality:.3g}")
+        finally:
+            sidecar = str(tracker.close().path) if tracker else ""
+
+        x = res.x
+        penalties = prob.penalties(x)
+        data_cost = prob.data_cost(x)
+        light = prob.component_light(x)
+        fractions = prob.light_fractions(x)
+        attrs = {"solver": res.method, "status": res.status, "success": bool(res.success),
+                 "message": res.message, "cost": res.cost, "data_cost": data_cost,
+                 **{f"penalty_{k}": penalties.get(k, 0.0) for k in ("orbit", "regul", "ridge")},
+                 "optimality": res.optimality, "nit": res.nit, "passes": res.passes,
+                 "gram_columns": res.gram_columns, "time_total_s": res.timings["total"],
+                 "time_operator_s": res.timings["operator"], "time_gram_s": res.timings["gram"],
+                 "time_setup_s": t_setup,
+                 "orbit_mu": np.nan if prob.mu is None else prob.mu,
+                 "prior_scale": prob.scale if (regul or ridge) else np.nan,
+                 "x0_source": x0_source, "sidecar": sidecar,
+                 "operator": f"matrix-free {op!r}",
+                 **{f"setting.{k}": v for k, v in settings.items()},
+                 "cubefit_version": __version__,
+                 "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                 "inputs_fingerprint": fs["inputs_fingerprint"]}
+        datasets = {"history/" + k: np.asarray(v, dtype=np.float64) for k, v in res.history.items()}
+        datasets.update(light_fractions=fractions, component_light=light)
+        if prob.orbit_weights is not None:
+            datasets["orbit_weights"] = prob.orbit_weights
+        write_fit(self.path, x, attrs, datasets, config=self.config)
+        log.info("%s: /X_global written (%s, status %d, cost %.6g, optimality %.3g, %d passes)",
+                 self.path, res.method, res.status, res.cost, res.optimality, res.passes)
+        stats = {"cost": res.cost, "data_cost": data_cost, "penalties": penalties,
+                 "optimality": res.optimality, "status": res.status, "success": bool(res.success),
+                 "message": res.message, "method": res.method, "nit": res.nit,
+                 "passes": res.passes, "timings": dict(res.timings, setup=t_setup),
+                 "history": res.history, "light_fractions": fractions, "component_light": light,
+                 "orbit_weights": prob.orbit_weights, "x0_source": x0_source, "sidecar": sidecar,
+                 "settings": settings, "result": res}
+        return x, stats

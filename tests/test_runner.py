@@ -1,0 +1,269 @@
+"""PipelineRunner: the manual's call against scipy's NNLS on the dense reference, the /Fit
+record, atomic writes under SIGKILL, resume, priors and parallelism knobs."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import h5py
+import numpy as np
+import pytest
+from scipy.optimize import nnls
+
+import cubefit.runner as runner_mod
+from cubefit.config import Config
+from cubefit.pipeline_runner import PipelineRunner
+from cubefit.runner import FIT_ATTRS, STAGING, read_fit, write_fit
+from cubefit.store import H5Manager, read_inputs
+from cubefit.tracking import find_sidecars
+from cubefit.weights import ensure_lambda_weights, read_lambda_weights
+from reference import direct_hypercube
+
+
+@pytest.fixture(scope="module")
+def populated(tmp_path_factory, small_mock):
+    """The small mock as a file (like test_store's _populated) with λ-weights, and the
+    dense weighted reference ``Aw``, ``yw`` and light ``ℓ`` built from what the file holds."""
+    m = small_mock
+    path = tmp_path_factory.mktemp("runner") / "g.h5"
+    mgr = H5Manager(path, tem_pix=m.tem_pix, obs_pix=m.obs_pix)
+    mgr.init_base(m.dims)
+    mgr.populate_from_arrays(losvd=m.losvd, datacube=m.datacube, templates=m.templates, mask=m.mask,
+                             vel_pix=m.vel_pix, noise=m.noise, pop_axes=m.pop_axes)
+    mgr.ensure_rebin_and_resample()
+    ensure_lambda_weights(path)
+    inp = read_inputs(path)
+    A = direct_hypercube(inp.templates, inp.tem_pix, inp.obs_pix, inp.vel_pix, inp.losvd,
+                         norm_mode="data", data_flux=inp.data_flux)            # (S, C, P, L)
+    w = read_lambda_weights(path)
+    d = np.sqrt(inp.mask * w / inp.noise**2)
+    Aw = (A * d[:, None, None, :]).transpose(0, 3, 1, 2).reshape(d.size, -1)
+    light = np.einsum("scpl,l->cp", A, inp.mask.astype(float)).ravel()
+    return dict(path=path, Aw=Aw, yw=(d * inp.datacube).ravel(), light=light,
+                data_light=float(inp.datacube[:, inp.mask].sum()), C=A.shape[1], P=A.shape[2])
+
+
+@pytest.fixture
+def h5(populated, tmp_path):
+    """A fresh copy of the populated file for each test."""
+    path = tmp_path / "galaxy.h5"
+    shutil.copy(populated["path"], path)
+    return path
+
+
+def dense_cost(Aw, yw, x):
+    r = Aw @ x - yw
+    return 0.5 * float(r @ r)
+
+
+def test_manual_call_verbatim_matches_scipy_nnls(h5, populated, capsys):
+    orbit_w = None   # the manual's call, with its optional argument left out
+    runner = PipelineRunner(h5)
+    x, stats = runner.solve_all_mp_batched(
+        epochs=6, lr=0.6, project_nonneg=True, processes=2, blas_threads=1,
+        orbit_weights=orbit_w # optional (C, )
+    )
+    assert "λ-weights: min=" in capsys.readouterr().out            # the manual's banner
+    Aw, yw = populated["Aw"], populated["yw"]
+    _, rnorm = nnls(Aw, yw, maxiter=20 * Aw.shape[1])
+    f_ref = 0.5 * rnorm**2
+    assert stats["success"] and stats["status"] == 1 and stats["optimality"] <= 1e-6
+    assert abs(stats["cost"] - f_ref) <= 1e-8 * f_ref
+    assert dense_cost(Aw, yw, x) == pytest.approx(f_ref, rel=1e-8)
+    assert stats["data_cost"] == pytest.approx(stats["cost"], rel=1e-12) and stats["penalties"] == {}
+
+    # /X_global and /Fit: every dataset and attribute described, settings recorded.
+    with h5py.File(h5, "r") as f:
+        np.testing.assert_array_equal(f["/X_global"][...], x)
+        assert f["/X_global"].dtype == np.float64 and f["/X_global"].shape == (Aw.shape[1],)
+        assert STAGING not in f
+        fit = f["/Fit"]
+        units, meaning = json.loads(fit.attrs["attr_units"]), json.loads(fit.attrs["attr_descriptions"])
+        assert set(units) == set(meaning) == set(FIT_ATTRS)
+        assert set(FIT_ATTRS) <= set(fit.attrs)
+        for name in ("/X_global", "/Fit/history/cost", "/Fit/history/optimality",
+                     "/Fit/history/passes", "/Fit/history/time", "/Fit/light_fractions",
+                     "/Fit/component_light"):
+            assert f[name].attrs["units"] and f[name].attrs["description"], name
+        assert fit.attrs["setting.epochs"] == 6 and fit.attrs["setting.lr"] == 0.6
+        assert fit.attrs["setting.pixels_per_aperture"] == "none"
+        assert fit.attrs["setting.processes"] == 2 and fit.attrs["setting.blas_threads"] == 1
+        assert fit.attrs["setting.norm_mode"] == "data" and fit.attrs["setting.ivar"]
+        assert fit.attrs["cost"] == stats["cost"] and fit.attrs["status"] == 1
+        assert fit.attrs["solver"] == stats["method"] and fit.attrs["passes"] == stats["passes"]
+        assert fit.attrs["x0_source"] == "none"
+        assert f["/Fit/history/cost"][-1] == pytest.approx(stats["cost"], rel=1e-12)
+        np.testing.assert_allclose(f["/Fit/light_fractions"][...].sum(), 1.0, rtol=1e-12)
+        assert "/Fit/orbit_weights" not in f
+    # the tracker sidecar holds the history and the final snapshot
+    assert stats["sidecar"] and os.path.exists(stats["sidecar"])
+    assert find_sidecars(h5)[0].name == os.path.basename(stats["sidecar"])
+
+
+def test_orbit_weights_match_the_dense_penalised_reference(h5, populated):
+    target = np.array([0.3, 0.7])
+    Aw, yw, light = populated["Aw"], populated["yw"], populated["light"]
+    C, P = populated["C"], populated["P"]
+    fractions = lambda x: (light * x).reshape(C, P).sum(1) / (light * x).sum()  # noqa: E731
+    _, free = PipelineRunner(h5).solve_all_mp_batched(track=False)
+    assert np.abs(free["light_fractions"] - target).max() > 0.05
+    np.testing.assert_allclose(free["light_fractions"], fractions(free["result"].x), rtol=1e-8)
+
+    x, stats = PipelineRunner(h5).solve_all_mp_batched(orbit_weights=target, orbit_strength=1.0,
+                                                       track=False)
+    # independent rows: μ (L_c − f_c L), μ = ‖ỹ‖ / L_data
+    mu = np.linalg.norm(yw) / populated["data_light"]
+    rows = np.zeros((C, C * P))
+    for c in range(C):
+        rows[c, c * P:(c + 1) * P] = light[c * P:(c + 1) * P]
+        rows[c] -= target[c] * light
+    M = np.vstack([Aw, mu * rows])
+    _, rnorm = nnls(M, np.concatenate([yw, np.zeros(C)]), maxiter=20 * M.shape[1])
+    assert stats["cost"] == pytest.approx(0.5 * rnorm**2, rel=1e-8)
+    assert stats["data_cost"] == pytest.approx(dense_cost(Aw, yw, x), rel=1e-8)
+    assert stats["penalties"]["orbit"] == pytest.approx(0.5 * np.sum((mu * rows @ x) ** 2), rel=1e-6)
+    err_free = np.abs(free["light_fractions"] - target).max()
+    assert np.abs(stats["light_fractions"] - target).max() < 0.1 * err_free
+    _, attrs, data = read_fit(h5)
+    np.testing.assert_allclose(data["orbit_weights"], target, rtol=1e-15)
+    np.testing.assert_allclose(data["light_fractions"], stats["light_fractions"], rtol=1e-15)
+    assert attrs["orbit_mu"] == pytest.approx(mu, rel=1e-12)
+    assert attrs["penalty_orbit"] == stats["penalties"]["orbit"] and attrs["penalty_ridge"] == 0.0
+
+
+def test_regul_uses_the_population_grid_of_the_file(h5):
+    _, stats = PipelineRunner(h5).solve_all_mp_batched(regul=1e-3, ridge=1e-6, track=False)
+    assert stats["success"] and set(stats["penalties"]) == {"regul", "ridge"}
+    assert stats["settings"]["pop_shape"] == [3, 2]
+    _, attrs, _ = read_fit(h5)
+    assert attrs["prior_scale"] > 0 and attrs["penalty_regul"] > 0
+    assert attrs["cost"] == pytest.approx(attrs["data_cost"] + attrs["penalty_regul"]
+                                          + attrs["penalty_ridge"], rel=1e-10)
+
+
+def test_resume_warm_starts_from_the_last_snapshot_then_x_global(h5):
+    runner = PipelineRunner(h5)
+    x1, cold = runner.solve_all_mp_batched(method="working_set")          # tracked: snapshots
+    x2, warm = runner.solve_all_mp_batched(method="working_set", resume=True, track=False)
+    assert warm["x0_source"] == f"snapshot {cold['sidecar']}"
+    assert warm["cost"] == pytest.approx(cold["cost"], rel=1e-10)
+    assert warm["passes"] < cold["passes"]
+    assert warm["result"].gram_columns < cold["result"].gram_columns
+    for p in find_sidecars(h5):
+        p.unlink()
+    _, again = runner.solve_all_mp_batched(method="working_set", resume=True, track=False)
+    assert again["x0_source"] == "/X_global" and again["passes"] < cold["passes"]
+    _, attrs, _ = read_fit(h5)
+    assert attrs["x0_source"] == "/X_global" and attrs["setting.resume"]
+
+
+def test_parallelism_knobs_reach_the_operator_and_blas(h5, monkeypatch):
+    from threadpoolctl import threadpool_info
+    seen = {}
+    real_solve = runner_mod.solve
+
+    def spy(prob, **kw):
+        seen["workers"] = prob.base.workers
+        seen["blas"] = {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+        return real_solve(prob, **kw)
+
+    monkeypatch.setattr(runner_mod, "solve", spy)
+    PipelineRunner(h5).solve_all_mp_batched(processes=2, blas_threads=1, track=False)
+    assert seen == {"workers": 2, "blas": {1}}
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(project_nonneg=False), "non-negative problem x >= 0 only"),
+    (dict(epochs=0), "epochs: expected a positive integer"),
+    (dict(processes=1.5), "processes: expected a positive integer"),
+    (dict(blas_threads=0), "blas_threads: expected a positive integer"),
+    (dict(lr=-1.0), "lr: expected a positive"),
+    (dict(tol=0.0), "tol: expected a positive"),
+])
+def test_bad_arguments_fail_before_touching_the_file(h5, kw, match):
+    before = open(h5, "rb").read()
+    with pytest.raises(ValueError, match=match):
+        PipelineRunner(h5).solve_all_mp_batched(track=False, **kw)
+    assert open(h5, "rb").read() == before
+
+
+def _fit_attrs(k):
+    return {"nit": k, "solver": "test", "message": f"write {k}"}
+
+
+def _check_consistent(path, allowed):
+    """The file opens, /X_global is one complete write k (all entries k) and /Fit agrees."""
+    x, attrs, _ = read_fit(path)
+    k = int(attrs["nit"])
+    assert k in allowed and np.all(x == k) and attrs["message"] == f"write {k}"
+    with h5py.File(path, "r") as f:
+        assert "/DataCube" in f and "/LOSVD" in f
+    return k
+
+
+def test_killed_writer_leaves_the_old_or_the_new_result(h5):
+    n = 500_000            # a 4 MB vector: writes take long enough to be hit mid-way
+    write_fit(h5, np.zeros(n), _fit_attrs(0), {})
+    script = textwrap.dedent(f"""
+        import numpy as np
+        from cubefit.runner import write_fit
+        k = 1
+        while True:
+            write_fit({str(h5)!r}, np.full({n}, float(k)), {{"nit": k, "solver": "test",
+                      "message": f"write {{k}}"}}, {{}})
+            print(k, flush=True)
+            k += 1
+    """)
+    for delay in (0.0, 0.017, 0.043, 0.071):   # spread over one write (~50-100 ms)
+        proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+        first = int(proc.stdout.readline())     # in the write loop: one write is done
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        out, _ = proc.communicate()
+        last = ([first] + [int(v) for v in out.split()])[-1]
+        # the last write reported done, or the next one (killed between replace and print)
+        _check_consistent(h5, allowed={last, last + 1})
+
+
+def test_interrupted_in_place_commit(h5, monkeypatch):
+    """Files above the copy threshold are edited in place: a failure before the commit
+    keeps the old result, a kill inside the commit is recovered by read_fit."""
+    cfg = Config.from_env(environ={}, atomic_copy_max_bytes=0)
+    write_fit(h5, np.zeros(5), _fit_attrs(0), {}, config=cfg)
+
+    def crash(f):
+        raise RuntimeError("killed before the commit")
+
+    monkeypatch.setattr(runner_mod, "_commit", crash)
+    with pytest.raises(RuntimeError):
+        write_fit(h5, np.ones(5), _fit_attrs(1), {}, config=cfg)
+    assert _check_consistent(h5, {0}) == 0                 # staged, never committed
+    with h5py.File(h5, "r") as f:
+        assert f[STAGING].attrs["complete"]
+    monkeypatch.undo()
+    # A kill inside the commit: the old result unlinked, the new one not yet moved in.
+    with h5py.File(h5, "r+") as f:
+        del f["/X_global"], f["/Fit"]
+    assert _check_consistent(h5, {1}) == 1
+    write_fit(h5, np.full(5, 2.0), _fit_attrs(2), {}, config=cfg)
+    assert _check_consistent(h5, {2}) == 2
+    with h5py.File(h5, "r") as f:
+        assert STAGING not in f
+
+
+def test_write_fit_refuses_undescribed_attributes(h5):
+    with pytest.raises(ValueError, match="no units and meaning"):
+        write_fit(h5, np.zeros(3), {"mystery": 1}, {})
+
+
+def test_seed_module_names():
+    import CubeFit.kaczmarz_solver_cchunk_mp as kz
+    from CubeFit.pipeline_runner import PipelineRunner as PR
+    from cubefit.solvers import solve
+    assert PR is PipelineRunner and kz.solve is solve
+    with pytest.raises(FileNotFoundError, match="no such HDF5 file"):
+        PipelineRunner("/nonexistent/galaxy.h5")
