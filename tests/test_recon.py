@@ -84,9 +84,22 @@ def test_reconstruct_bad_arguments(h5):
         reconstruct(h5, np.full(12, np.nan))
     with pytest.raises(ValueError, match="spaxels"):
         reconstruct(h5, np.ones(12), spaxels=[9])
+
+
+def test_reconstruct_matrix_free_without_a_complete_cube(h5, rng, tmp_path, small_mock):
+    """No (complete) cube: the operator gives the same Ŷ, in the cube's/fit's norm."""
+    ref = direct(h5, "model", "sum")
+    S, C, P, L = ref.shape
+    x = sparse_x(rng, C, P)
+    expect = np.einsum("scpl,cp->sl", ref, x)
     invalidate_tiles(h5, [(0, 0, 0)])
-    with pytest.raises(ValueError, match="incomplete"):
-        reconstruct(h5, np.ones(12))
+    tol = dict(rtol=1e-5, atol=1e-5 * abs(expect).max())
+    np.testing.assert_allclose(reconstruct(h5, x, out="/ModelCube"), expect, **tol)
+    with h5py.File(h5, "r") as f:
+        assert f["/ModelCube"].attrs["source"] == "matrix-free LOSVD operator"
+    bare = populate(tmp_path / "bare.h5", small_mock, losvd=dark_losvd(small_mock))  # no cube at all
+    np.testing.assert_allclose(reconstruct(bare, x, spaxels=[2, 5]),
+                               np.einsum("scpl,cp->sl", direct(h5, "data", "sum"), x)[[2, 5]], **tol)
 
 
 def test_plot_spectra_best_and_worst(h5, tmp_path, small_mock):

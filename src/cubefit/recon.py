@@ -1,4 +1,4 @@
-"""Reconstruction ``Ŷ = A x`` from the materialised hypercube.
+"""Reconstruction ``Ŷ = A x`` from the materialised hypercube or the matrix-free operator.
 
 ``Ŷ[s, l] = Σ_c Σ_p A[s, c, p, l] · x[c, p]`` with ``A = /HyperCube/models (S, C, P, L)``
 and ``x`` the solution flattened row-major ``(C, P)`` → ``c·P + p`` (``/X_global``).
@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import Config, get_config
-from .hypercube import MODELS, TileGrid, check_spaxels, require_complete
+from .hypercube import MODELS, TileGrid, _status, check_spaxels, require_complete
 from .store import SCHEMA, _edit, open_h5, write_dataset
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,9 @@ def reconstruct(h5, x, out: str | None = None, spaxels=None, *,
 
     Parameters
     ----------
-    h5 : file with a complete ``/HyperCube/models``.
+    h5 : a populated file.  With a complete ``/HyperCube/models`` the columns are read
+        from it; otherwise the matrix-free operator computes them in the fit's
+        normalisation (``/Fit`` settings, else the cube's, else "data").
     x : ``(C·P,)`` or ``(C, P)`` population weights.
     out : dataset to write the result to (e.g. ``"/ModelCube"``), with units and the
         spaxel list as attributes; None only returns it.
@@ -49,6 +51,26 @@ def reconstruct(h5, x, out: str | None = None, spaxels=None, *,
     """
     cfg = config or get_config()
     path = Path(h5)
+    with open_h5(path, "r", config=cfg) as f:
+        use_cube = MODELS in f and _status(f).complete
+        units = f["/DataCube"].attrs.get("units", SCHEMA["/ModelCube"][0]) if "/DataCube" in f \
+            else SCHEMA["/ModelCube"][0]
+    if use_cube:
+        result, source = _from_cube(path, x, spaxels, cfg), MODELS
+    else:
+        result, source = _matrix_free(path, x, spaxels, cfg), "matrix-free LOSVD operator"
+    if out is not None:
+        with _edit(path, cfg) as f:
+            ds = write_dataset(f, out, result, units=units, description=SCHEMA["/ModelCube"][1])
+            ds.attrs["source"] = source
+            xs = np.ascontiguousarray(np.asarray(x, dtype=np.float64).ravel())
+            ds.attrs["x_sha256"] = hashlib.sha256(xs.data).hexdigest()
+            ds.attrs["spaxels"] = "all" if spaxels is None else np.asarray(spaxels, dtype=np.int64)
+    return result
+
+
+def _from_cube(path: Path, x, spaxels, cfg) -> np.ndarray:
+    """``Ŷ`` read from a complete ``/HyperCube/models``, tile by tile."""
     with open_h5(path, "r", config=cfg) as f:
         st = require_complete(f)
         ds = f[MODELS]
@@ -71,13 +93,27 @@ def reconstruct(h5, x, out: str | None = None, spaxels=None, *,
                 Y[here] += np.tensordot(A.astype(np.float64), X[cs, ps], axes=([1, 2], [0, 1]))
         log.info("%s: reconstructed %d spaxels from %d of %d (C, P) tiles", path, rows.size,
                  len(blocks), nC * nP)
-        units = f["/DataCube"].attrs.get("units", SCHEMA["/ModelCube"][0]) if "/DataCube" in f \
-            else SCHEMA["/ModelCube"][0]
-    result = Y[inverse]
-    if out is not None:
-        with _edit(path, cfg) as f:
-            ds = write_dataset(f, out, result, units=units, description=SCHEMA["/ModelCube"][1])
-            ds.attrs["source"] = MODELS
-            ds.attrs["x_sha256"] = hashlib.sha256(np.ascontiguousarray(X).data).hexdigest()
-            ds.attrs["spaxels"] = sel if spaxels is not None else "all"
-    return result
+    return Y[inverse]
+
+
+def fit_modes(f) -> tuple[str, str]:
+    """Normalisation and amplitude modes of the fit in an open file: ``/Fit``'s settings,
+    else the hypercube's, else the runner's defaults ("data", "sum")."""
+    fit = f["/Fit"].attrs if "/Fit" in f else {}
+    hc = f["/HyperCube"].attrs if "/HyperCube" in f else {}
+    text = lambda v: v.decode() if isinstance(v, bytes) else str(v)  # noqa: E731
+    return (text(fit.get("setting.norm_mode", hc.get("norm.mode", "data"))),
+            text(fit.get("setting.amp_mode", hc.get("amp_mode", "sum"))))
+
+
+def _matrix_free(path: Path, x, spaxels, cfg) -> np.ndarray:
+    """``Ŷ`` from the matrix-free operator, in the fit's normalisation (no hypercube needed)."""
+    from .operator import LOSVDOperator
+    with open_h5(path, "r", config=cfg) as f:
+        norm, amp = fit_modes(f)
+    op = LOSVDOperator.from_h5(path, norm_mode=norm, amp_mode=amp, config=cfg)
+    X = _weights(x, op.C, op.P)
+    sel = np.arange(op.S) if spaxels is None else check_spaxels(spaxels, op.S)
+    log.info("%s: reconstructed %d spaxels with the matrix-free operator (norm %s)", path, sel.size,
+             norm)
+    return op.model(X.ravel())[sel]
