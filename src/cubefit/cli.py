@@ -11,6 +11,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
+
 from . import __version__
 
 log = logging.getLogger("cubefit")
@@ -46,6 +48,92 @@ def cmd_info(args) -> int:
     return 0
 
 
+def cmd_init(args) -> int:
+    from .inputs import load_input_arrays
+    from .store import H5Dims, H5Manager
+    arrays = load_input_arrays(args.input)
+    tem, obs = arrays.pop("tem_pix"), arrays.pop("obs_pix")
+    S, V, C = np.shape(arrays["losvd"])
+    P = np.shape(arrays["templates"])[0]
+    mgr = H5Manager(args.output, tem_pix=tem, obs_pix=obs, vel_pix=arrays.get("vel_pix"))
+    mgr.init_base(H5Dims(nSpat=S, nLSpec=len(obs), nTSpec=len(tem), nVel=V, nComp=C, nPop=P),
+                  overwrite=args.overwrite)
+    dims = mgr.populate_from_arrays(**arrays)
+    mgr.ensure_rebin_and_resample()
+    print(f"{args.output}: {dims}; next: cubefit solve {args.output}")
+    return 0
+
+
+def cmd_build(args) -> int:
+    from .hypercube import build_hypercube, convert_hypercube_norm
+    if args.convert_to:
+        convert_hypercube_norm(args.file, to_mode=args.convert_to, progress=not args.quiet)
+        print(f"{args.file}: /HyperCube/models converted to norm {args.convert_to!r}")
+        return 0
+    st = build_hypercube(args.file, norm_mode=args.norm, amp_mode=args.amp, S_chunk=args.s_chunk,
+                         C_chunk=args.c_chunk, P_chunk=args.p_chunk,
+                         compression=None if args.compression == "none" else args.compression,
+                         overwrite=args.overwrite, progress=not args.quiet)
+    print(f"{args.file}: /HyperCube/models {st.fraction_done:.0%} built")
+    return 0
+
+
+def cmd_weights(args) -> int:
+    from .weights import ensure_lambda_weights
+    w = ensure_lambda_weights(args.file, small_px=args.small, large_px=args.large, min_w=args.min_w,
+                              overwrite=args.overwrite)
+    print(f"{args.file}: λ-weights min {w.min():.3g}, max {w.max():.3g}, mean {w.mean():.3g}")
+    return 0
+
+
+def _orbit_weights(text):
+    if text is None:
+        return None
+    p = Path(text)
+    if p.exists():
+        return np.loadtxt(p, ndmin=1)
+    try:
+        return np.array([float(v) for v in text.split(",")])
+    except ValueError:
+        raise ValueError(f"--orbit-weights {text!r}: give comma-separated fractions (e.g. 0.5,0.3,0.2) "
+                         "or a text file with one value per component") from None
+
+
+def cmd_solve(args) -> int:
+    from .runner import PipelineRunner
+    x, stats = PipelineRunner(args.file).solve_all_mp_batched(
+        method=args.method, tol=args.tol, regul=args.regul, regul_order=args.regul_order,
+        ridge=args.ridge, orbit_weights=_orbit_weights(args.orbit_weights),
+        orbit_strength=args.orbit_strength, processes=args.processes,
+        blas_threads=args.blas_threads, resume=args.resume, track=not args.no_track)
+    fr = ", ".join(f"{v:.3f}" for v in stats["light_fractions"])
+    print(f"{args.file}: /X_global written ({np.count_nonzero(x)} of {x.size} weights non-zero) by "
+          f"{stats['method']}; cost {stats['cost']:.6g}, optimality {stats['optimality']:.2g} "
+          f"({stats['message']}); component light fractions {fr}")
+    return 0 if stats["success"] else 1
+
+
+def cmd_recon(args) -> int:
+    from .recon import reconstruct
+    from .store import open_h5
+    with open_h5(args.file, "r") as f:
+        if "/X_global" not in f:
+            raise KeyError(f"{args.file}: no /X_global; run `cubefit solve {args.file}` first")
+        x = f["/X_global"][...]
+    spaxels = None if args.spaxels is None else [int(v) for v in args.spaxels.split(",")]
+    Y = reconstruct(args.file, x, out=args.out, spaxels=spaxels)
+    print(f"{args.file}: model spectra {Y.shape} written to {args.out}")
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from .plots import plot_spectra
+    files = plot_spectra(args.file, out_dir=args.out, n=args.n)
+    for fn in files:
+        print(fn)
+    return 0
+
+
 def cmd_templates_fetch(args) -> int:
     from .templates import fetch_emiles
     path = fetch_emiles(cache_dir=args.cache_dir, force=args.force)
@@ -71,6 +159,89 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show tracebacks and debug logging")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
+
+    i = sub.add_parser("init", help="create a CubeFit file from input arrays (.npz, FITS, HDF5)",
+                       description="Read the grids, templates, LOSVDs and data cube from INPUT "
+                                   "(names: see cubefit.inputs), validate them, write OUTPUT in the "
+                                   "manual's layout and build the sparse rebin operator /R_T.")
+    i.add_argument("input", help="input arrays: .npz, .fits (one HDU per array) or .h5")
+    i.add_argument("output", help="CubeFit HDF5 file to create")
+    i.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it holds other dimensions")
+    i.set_defaults(func=cmd_init)
+
+    b = sub.add_parser("build", help="build the materialised hypercube /HyperCube/models",
+                       description="Build /HyperCube/models (S, C, P, L) float32 tile by tile "
+                                   "(resumable: run again after an interruption), or convert its "
+                                   "normalisation with --convert-to.")
+    b.add_argument("file")
+    b.add_argument("--norm", choices=("data", "model"), default="data",
+                   help="column normalisation (default: %(default)s)")
+    b.add_argument("--amp", choices=("sum", "trapz"), default="sum",
+                   help="LOSVD amplitude: sum of bins or trapezoid integral in km/s (default: %(default)s)")
+    for name in ("s", "c", "p"):
+        b.add_argument(f"--{name}-chunk", type=int, default=None,
+                       help=f"tile size along {name.upper()} (default: automatic, ~MB-sized tiles)")
+    b.add_argument("--compression", choices=("none", "gzip", "lzf"), default="none",
+                   help="HDF5 filter for the cube (default: %(default)s; none resumes most safely)")
+    b.add_argument("--overwrite", action="store_true", help="rebuild even if a cube with other settings exists")
+    b.add_argument("--convert-to", choices=("data", "model"), default=None,
+                   help="instead of building, convert the existing cube to this normalisation")
+    b.add_argument("--quiet", action="store_true", help="no progress bar")
+    b.set_defaults(func=cmd_build)
+
+    w = sub.add_parser("weights", help="create the λ-weights /HyperCube/lambda_weights",
+                       description="Median-spectrum difference-of-boxcars weights in [min_w, 1] that "
+                                   "emphasise absorption features (DESIGN §2).")
+    w.add_argument("file")
+    w.add_argument("--small", type=int, default=7, help="narrow boxcar width in pixels (default: %(default)s)")
+    w.add_argument("--large", type=int, default=31, help="wide boxcar width in pixels (default: %(default)s)")
+    w.add_argument("--min-w", type=float, default=None,
+                   help="floor of the weights (default: CUBEFIT_LAMBDA_MIN_W = 1e-6)")
+    w.add_argument("--overwrite", action="store_true", help="replace weights made with other settings")
+    w.set_defaults(func=cmd_weights)
+
+    so = sub.add_parser("solve", help="fit the global non-negative population mixture",
+                        description="Solve min_x>=0 ½‖W(Y − A x)‖² (+ priors) with the matrix-free "
+                                    "operator and write /X_global and /Fit. The solve stops on the KKT "
+                                    "test (relative projected gradient <= --tol).")
+    so.add_argument("file")
+    so.add_argument("--method", default="auto",
+                    help="solver: auto, gram, working_set, fista, ... (default: %(default)s)")
+    so.add_argument("--tol", type=float, default=1e-6,
+                    help="KKT tolerance on the relative projected gradient (default: %(default)s)")
+    so.add_argument("--regul", type=float, default=0.0,
+                    help="Tikhonov strength over each component's population grid, dimensionless "
+                         "(default: %(default)s)")
+    so.add_argument("--regul-order", type=int, choices=(1, 2), default=2,
+                    help="order of the Tikhonov differences (default: %(default)s)")
+    so.add_argument("--ridge", type=float, default=0.0, help="ridge strength, dimensionless (default: 0)")
+    so.add_argument("--orbit-weights", default=None,
+                    help="target light fraction per component: 'f1,f2,...' or a text file (default: none)")
+    so.add_argument("--orbit-strength", type=float, default=1.0,
+                    help="strength of the orbit-weight penalty, dimensionless (default: %(default)s)")
+    so.add_argument("--processes", type=int, default=None,
+                    help="worker threads over spaxel tiles (default: all cores)")
+    so.add_argument("--blas-threads", type=int, default=None, help="BLAS threads during the solve")
+    so.add_argument("--resume", action="store_true",
+                    help="warm start from the last tracker snapshot or the existing /X_global")
+    so.add_argument("--no-track", action="store_true", help="do not write the tracker sidecar")
+    so.set_defaults(func=cmd_solve)
+
+    r = sub.add_parser("recon", help="reconstruct the model cube A·x",
+                       description="Model spectra for /X_global, from the hypercube if built, else "
+                                   "from the matrix-free operator, written to a dataset.")
+    r.add_argument("file")
+    r.add_argument("--out", default="/ModelCube", help="dataset to write (default: %(default)s)")
+    r.add_argument("--spaxels", default=None, help="comma-separated spaxel indices (default: all)")
+    r.set_defaults(func=cmd_recon)
+
+    pl = sub.add_parser("plot", help="plot data, model and residuals of the best and worst spaxels",
+                        description="PNG figures of the data vs model spectra (with residuals) of the "
+                                    "N best and N worst spaxels by χ².")
+    pl.add_argument("file")
+    pl.add_argument("--out", default="cubefit_plots", help="output folder (default: %(default)s)")
+    pl.add_argument("--n", type=int, default=3, help="spaxels of each kind (default: %(default)s)")
+    pl.set_defaults(func=cmd_plot)
 
     s = sub.add_parser("info", help="summarise a CubeFit HDF5 file",
                        description="Print dimensions, every dataset (shape, dtype, units, meaning), "
