@@ -1,6 +1,8 @@
 """The documentation stays true of the code."""
 from pathlib import Path
 
+import pytest
+
 from cubefit.config import Config
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
@@ -22,3 +24,22 @@ def test_readme_python_example_runs(tmp_path, monkeypatch):
     for code in blocks:
         exec(compile(code, "README.md", "exec"), {})
     assert (tmp_path / "galaxy.h5").exists()
+
+
+def _python_blocks(text):
+    import re
+    return re.findall(r"```python\n(.*?)```", text, re.S)
+
+
+@pytest.mark.parametrize("page", sorted(p.name for p in DOCS.glob("*.md")
+                                         if _python_blocks(p.read_text())))
+def test_docs_examples_run(page, tmp_path, monkeypatch, small_mock):
+    """Every ```python block of a page runs, in order, in a folder holding a populated
+    galaxy.h5 (pages that make their own file overwrite it)."""
+    from test_store import _populated
+    blocks = _python_blocks((DOCS / page).read_text())
+    _populated(tmp_path, small_mock, name="galaxy.h5")
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    for i, code in enumerate(blocks):
+        exec(compile(code, f"{page}[{i}]", "exec"), namespace)
