@@ -11,7 +11,8 @@ on ±1000 km/s, exact-overlap rebin) is applied three ways:
 
 * ``dense``: the seed's workflow — the ``(S, C, P, L)`` float32 hypercube held in
   memory and contracted with ``x`` (``Σ_cp A x``) and with a residual (``Σ_l A r``);
-  the fastest of ``einsum(optimize=True)`` and a batched ``matmul`` is reported;
+  the fastest of ``einsum`` (with and without ``optimize``) and a batched ``matmul``
+  is reported (which one wins varies with the size and the machine);
 * ``mf cached``: :class:`cubefit.operator.LOSVDOperator` with all kernel spectra cached;
 * ``mf recompute``: the same with a budget too small for any cache (spectra rebuilt at
   every apply).
@@ -73,12 +74,15 @@ def synthetic(S, C, P, L, V=201, T=None, seed=0, spaxels=None):
     obs_pix = tem_pix[0] + dlog * (first + ratio * np.arange(L))
     vel_pix = np.linspace(-VEL_MAX, VEL_MAX, V)
     n = S if spaxels is None else spaxels
-    v = rng.uniform(-300, 300, (n, C))
-    sig = rng.uniform(40, 300, (n, C))
-    H = gauss_hermite_losvd(vel_pix, v, sig, rng.uniform(-0.1, 0.1, (n, C)),
-                            rng.uniform(-0.1, 0.1, (n, C))) * rng.uniform(0.2, 2.0, (n, C, 1))
+    losvd = np.empty((n, V, C))
+    for s0 in range(0, n, 256):          # chunks: the Gauss–Hermite temporaries stay small
+        m = min(256, n - s0)
+        H = gauss_hermite_losvd(vel_pix, rng.uniform(-300, 300, (m, C)),
+                                rng.uniform(40, 300, (m, C)), rng.uniform(-0.1, 0.1, (m, C)),
+                                rng.uniform(-0.1, 0.1, (m, C)))
+        losvd[s0:s0 + m] = (H * rng.uniform(0.2, 2.0, (m, C, 1))).transpose(0, 2, 1)
     return dict(templates=rng.uniform(0.5, 1.5, (P, T)), tem_pix=tem_pix, obs_pix=obs_pix,
-                vel_pix=vel_pix, losvd=np.ascontiguousarray(H.transpose(0, 2, 1)))
+                vel_pix=vel_pix, losvd=losvd)
 
 
 def dense_cube(op):
@@ -118,7 +122,7 @@ def bench_size(S, C, P, L, repeat, dtype, workers, dense=True):
     row["cache_bytes"] = op.cache_info["cached_bytes"]
     row["mf_apply_s"], row["mf_apply_peak"] = timed(lambda: op.matvec(x), repeat)
     row["mf_adjoint_s"], row["mf_adjoint_peak"] = timed(lambda: op.rmatvec(r), repeat)
-    rec = LOSVDOperator(**args, dtype=dtype, memory_budget=1, workers=workers)
+    rec = LOSVDOperator(**args, dtype=dtype, memory_budget=1, workers=workers, tile=op.tile)
     row["mf_recompute_apply_s"], _ = timed(lambda: rec.matvec(x), max(1, repeat // 2))
     row["mf_recompute_adjoint_s"], _ = timed(lambda: rec.rmatvec(r), max(1, repeat // 2))
     if dense:
@@ -128,11 +132,14 @@ def bench_size(S, C, P, L, repeat, dtype, workers, dense=True):
         row["dense_bytes"] = cube.nbytes
         x32, r32 = x.astype(np.float32).reshape(C, P), r.astype(np.float32).reshape(S, L)
         flat = cube.reshape(S, C * P, L)
-        ein_a, _ = timed(lambda: np.einsum("scpl,cp->sl", cube, x32, optimize=True), repeat)
-        mm_a, _ = timed(lambda: np.matmul(x32.reshape(1, 1, C * P), flat), repeat)
-        ein_t, _ = timed(lambda: np.einsum("scpl,sl->cp", cube, r32, optimize=True), repeat)
-        mm_t, _ = timed(lambda: np.matmul(flat, r32[:, :, None]).sum(axis=0), repeat)
-        row["dense_apply_s"], row["dense_adjoint_s"] = min(ein_a, mm_a), min(ein_t, mm_t)
+        apply_ways = [lambda: np.einsum("scpl,cp->sl", cube, x32),
+                      lambda: np.einsum("scpl,cp->sl", cube, x32, optimize=True),
+                      lambda: np.matmul(x32.reshape(1, 1, C * P), flat)]
+        adjoint_ways = [lambda: np.einsum("scpl,sl->cp", cube, r32),
+                        lambda: np.einsum("scpl,sl->cp", cube, r32, optimize=True),
+                        lambda: np.matmul(flat, r32[:, :, None]).sum(axis=0)]
+        row["dense_apply_s"] = min(timed(f, repeat)[0] for f in apply_ways)
+        row["dense_adjoint_s"] = min(timed(f, repeat)[0] for f in adjoint_ways)
         y_mf = op.matvec(x).reshape(S, L)
         y_dense = np.einsum("scpl,cp->sl", cube, x32, optimize=True)
         row["max_rel_diff"] = float(np.abs(y_mf - y_dense).max() / np.abs(y_dense).max())
@@ -180,6 +187,36 @@ def estimate_ngc(repeat, dtype, workers, subsets=(64, 256), tile=16, dense_GBps=
     if dense_GBps:
         res["dense_apply_est_s"] = res["dense_cube_bytes"] / (dense_GBps * 1e9)
     return res
+
+
+def full_ngc(repeat, dtype, workers, budget_gib):
+    """One real matrix-free apply and adjoint at the full NGC 4365 size."""
+    import resource
+    g = NGC4365
+    t = time.perf_counter()
+    args = synthetic(g["S"], g["C"], g["P"], g["L"], V=g["V"], T=g["T"])
+    op = LOSVDOperator(**args, dtype=dtype, memory_budget=int(budget_gib * 2**30),
+                       workers=workers, tile=16)
+    res = {"size": dict(g), "dtype": str(np.dtype(dtype)), "workers": workers,
+           "setup_s": time.perf_counter() - t}
+    t = time.perf_counter()
+    op.precompute()
+    res["spectra_s"] = time.perf_counter() - t
+    res["cache"] = op.cache_info
+    rng = np.random.default_rng(3)
+    x, r = rng.uniform(0, 1, op.shape[1]), rng.standard_normal(op.shape[0])
+    res["apply_s"], res["apply_peak"] = timed(lambda: op.matvec(x), repeat)
+    res["adjoint_s"], res["adjoint_peak"] = timed(lambda: op.rmatvec(r), repeat)
+    res["max_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return res
+
+
+def print_full(f):
+    c = f["cache"]
+    print(f"\nNGC 4365 full size, measured ({f['dtype']}, {f['workers']} thread(s)): A "
+          f"{f['apply_s']:.2f} s, Aᵀ {f['adjoint_s']:.2f} s; {c['cached_tiles']}/{c['tiles']} "
+          f"tiles cached ({fmt_bytes(c['cached_bytes'])}), spectra built in {f['spectra_s']:.1f} s; "
+          f"peak RSS {fmt_bytes(f['max_rss_bytes'])}")
 
 
 def fmt_bytes(n):
@@ -239,6 +276,11 @@ def main(argv=None):
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--dtype", choices=("float32", "float64"), default="float64")
     ap.add_argument("--workers", type=int, default=1, help="threads over spaxel tiles")
+    ap.add_argument("--full", action="store_true",
+                    help="also apply the operator at the full NGC 4365 size (needs ≈17 GiB "
+                         "in float32 with the whole cache; less with --budget-gib)")
+    ap.add_argument("--budget-gib", type=float, default=16.0,
+                    help="memory budget of the --full operator (GiB)")
     ap.add_argument("--json", metavar="PATH", help="write all numbers to this JSON file")
     a = ap.parse_args(argv)
     out = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0],
@@ -252,6 +294,9 @@ def main(argv=None):
         bw = max((r["dense_GBps"] for r in out["sizes"]), default=None)
         out["ngc4365"] = estimate_ngc(max(2, a.repeat // 2), a.dtype, a.workers, dense_GBps=bw)
         print_estimate(out["ngc4365"])
+    if a.full:
+        out["ngc4365_full"] = full_ngc(max(2, a.repeat // 2), a.dtype, a.workers, a.budget_gib)
+        print_full(out["ngc4365_full"])
     if a.json:
         with open(a.json, "w") as f:
             json.dump(out, f, indent=1)

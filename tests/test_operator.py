@@ -15,15 +15,6 @@ from reference import direct_hypercube
 VELSCALE = 25.0
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _numpy_trapz():
-    """reference.py calls np.trapz, which numpy 2.4 removed: give it the new name here."""
-    with pytest.MonkeyPatch.context() as mp:
-        if not hasattr(np, "trapz"):
-            mp.setattr(np, "trapz", np.trapezoid, raising=False)
-        yield
-
-
 def make_problem(seed=0, S=6, C=3, P=4, noise=0.02):
     """A small random problem with every feature switched on.
 
