@@ -2,9 +2,9 @@
 
 Usage::
 
-    python benchmarks/operator.py                  # table at a few sizes
-    python benchmarks/operator.py --estimate       # + NGC 4365 extrapolation
-    python benchmarks/operator.py --json out.json  # also write the numbers
+    python benchmarks/operator_apply.py                  # table at a few sizes
+    python benchmarks/operator_apply.py --estimate       # + NGC 4365 extrapolation
+    python benchmarks/operator_apply.py --json out.json  # also write the numbers
 
 For each size the synthetic problem (random positive templates, Gauss–Hermite LOSVDs
 on ±1000 km/s, exact-overlap rebin) is applied three ways:
@@ -25,16 +25,9 @@ and extrapolates to all spaxels, without building the 1.06 TB cube.
 """
 from __future__ import annotations
 
+import argparse
 import os
 import sys
-
-# Run as ``python benchmarks/operator.py``, this file's folder is sys.path[0] and the
-# file would shadow the standard library's ``operator`` module (imported by argparse,
-# enum, ...): drop the folder before importing anything else.
-if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
-    sys.path.pop(0)
-
-import argparse
 import json
 import math
 import platform
