@@ -44,15 +44,24 @@ Parallelism (measured)
 ``processes`` is the number of worker *threads* that apply the operator over spaxel
 tiles (numpy, FFT and BLAS calls release the GIL, so threads use the cores without
 pickling the kernel spectra to worker processes); ``blas_threads`` caps every BLAS /
-OpenMP pool for the duration of the solve (:mod:`threadpoolctl`), so ``processes ×
-blas_threads`` should not exceed the cores.  Measured on the 2-core development machine
-(medium mock S=100, C=2, P=48, L=300; gram solve):
+OpenMP pool for the duration of the solve (:mod:`threadpoolctl`).  Keep ``processes ×
+blas_threads`` at or below the free cores.  Measured on the 2-core development machine
+(mock with S=256 or 576 spaxels, C=3, P=50, L=577, T=2030; best of 2-3 runs, machine
+otherwise idle; "pair" = one ``Ã x`` plus one ``Ãᵀ r``)::
 
-    ==========  ============  ==================
-    processes   blas_threads  solve wall time
-    ==========  ============  ==================
-    see :data:`MEASURED` (filled from ``benchmarks``-style timing in the report)
-    ==========  ============  ==================
+    processes  blas_threads   pair S=256  pair S=576  auto* S=576  gram S=256
+        1           1            8.9 ms     14.0 ms      1.21 s      0.83 s
+        2           1            5.5 ms      8.8 ms      1.06 s      0.66 s
+        1           2            8.5 ms     13.2 ms      1.27 s      0.70 s
+        2           2            5.7 ms      9.2 ms      1.27 s      0.57 s
+
+    * method="auto" = the working set at the time of measuring (88 passes, 1e-11).
+
+Operator threads give 1.6× on the applies; extra BLAS threads give little here, and when another job occupies a core they are harmful:
+with one core busy, ``blas_threads=2`` made the Gram build 2.5-4× *slower* (OpenBLAS
+threads spin waiting for a descheduled partner), while ``processes=2`` degraded
+gracefully.  Recommended on 2 cores: ``processes=2, blas_threads=1``.  The default is
+``processes=1`` and the BLAS pools as found.
 
 Tracking
 --------
@@ -135,9 +144,9 @@ FIT_ATTRS: dict[str, tuple[str, str]] = {
     "time_operator_s": ("s", "solver time in operator applications"),
     "time_gram_s": ("s", "solver time forming Gram blocks"),
     "time_setup_s": ("s", "time to read the file, build the operator and the priors"),
-    "orbit_mu": ("(inverse variance)^0.5 / pixel", "orbit row scale mu = orbit_strength ||y~|| / "
+    "orbit_mu": ("sqrt(units of cost) / (data flux density x pixels)", "orbit row scale mu = orbit_strength ||y~|| / "
                  "L_data (NaN: no orbit weights)"),
-    "prior_scale": ("(data flux density) x (inverse variance)^0.5",
+    "prior_scale": ("sqrt(units of cost) per unit template weight",
                     "column scale sigma = sqrt(mean diag A~^T A~) of regul and ridge (NaN: unused)"),
     "x0_source": ("", "warm start: none, x0, snapshot <sidecar path>, or /X_global"),
     "sidecar": ("", "fit-tracker sidecar file of this run ('' when track=False)"),
@@ -397,13 +406,13 @@ class PipelineRunner:
                     "lambda_weights": bool(self.config.lambda_weights_enable),
                     "ivar": fs["has_noise"], "resume": resume, "track": track,
                     "solver_options": json.dumps(kw, default=str)}
-        tracker = FitTracker(self.path, config=self.config, x_size=n,
-                             meta={"runner": "solve_all_mp_batched", **settings}) if track else None
-        limits = threadpool_limits(limits=blas_threads) if blas_threads else contextlib.nullcontext()
-        try:
+        # The tracker closes with status "failed (<Exception>)" if the solve raises.
+        with (FitTracker(self.path, config=self.config, x_size=n,
+                         meta={"runner": "solve_all_mp_batched", **settings})
+              if track else contextlib.nullcontext()) as tracker:
             if tracker:
                 tracker.progress(0.0, f"solving: method={method}, n={n}, x0={x0_source}")
-            with limits:
+            with threadpool_limits(limits=blas_threads) if blas_threads else contextlib.nullcontext():
                 res = solve(prob, method=method, x0=x_start, gtol=tol, **kw)
             if tracker:
                 h = res.history
@@ -412,8 +421,7 @@ class PipelineRunner:
                 tracker.snapshot(res.x, res.cost, res.nit, kind="best")
                 tracker.snapshot(res.x, res.cost, res.nit, kind="last")
                 tracker.progress(1.0, f"done: status {res.status}, optimality {res.optimality:.3g}")
-        finally:
-            sidecar = str(tracker.close().path) if tracker else ""
+        sidecar = str(tracker.path) if tracker else ""
 
         x = res.x
         penalties = prob.penalties(x)
