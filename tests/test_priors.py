@@ -178,5 +178,15 @@ def test_regul_needs_a_grid_axis_longer_than_the_order():
 
 
 def test_orbit_weights_need_positive_data_light(problem):
-    with pytest.raises(ValueError, match="light over good pixels"):
+    with pytest.raises(ValueError, match="the data's light is"):
         with_priors(problem["Aw"], -problem["yw"], orbit_weights=TARGETS)
+    with pytest.raises(ValueError, match="data_light: with light="):
+        with_priors(problem["op"], orbit_weights=TARGETS, light=problem["light"])
+
+
+def test_given_light_and_data_light_reproduce_the_default(problem):
+    default = make(problem, orbit=1.0)
+    given = with_priors(problem["op"], orbit_weights=TARGETS, light=problem["light"],
+                        data_light=problem["data_light"], pop_shape=POP_SHAPE)
+    assert given.mu == pytest.approx(default.mu, rel=1e-12)
+    np.testing.assert_allclose(given.gram(), default.gram(), rtol=1e-8)

@@ -40,8 +40,11 @@ Normalisations (why a strength of 1 means what it says)
   the targets compete with the data on equal terms; ``s ≫ 1`` enforces them, ``s ≪ 1``
   only breaks ties between equally good fits.  The rows are homogeneous in ``x`` (a
   fraction does not depend on the overall scale), so the penalty never biases the
-  total flux.  ``L_data ≤ 0`` (e.g. continuum-subtracted data) has no light fractions:
-  pass ``light=`` and make sure ``ℓ·x > 0``, or drop the orbit weights.
+  total flux.  (A scale from the columns, ``sqrt(mean diag ÃᵀÃ) / mean ℓ``, would need
+  the Gram diagonal and means the same only when the columns are collinear; ``μ`` from
+  the data is exact and costs nothing.)  ``L_data ≤ 0`` (e.g. continuum-subtracted
+  data) has no light fractions: pass ``light=`` and ``data_light=`` in a positive light
+  measure, or drop the orbit weights.
 * **Tikhonov** ``regul`` (order 1 or 2 differences along each axis of each component's
   population grid ``pop_shape``, row-major, so ``p = i_age·n_metal + i_metal`` for
   ``(n_age, n_metal)``) and **ridge**: rows ``sqrt(regul)·σ·D_axis`` and
@@ -62,8 +65,8 @@ Normalisations (why a strength of 1 means what it says)
   normalisations, and the recipe is to raise it until χ² grows by ``sqrt(2 N_pix)``.
   Here the penalty is ``½ regul σ² ‖D x‖²`` next to ``½ χ²``, so the same rows are
   obtained with ``regul = (regul_ppxf / σ)²`` (``σ`` of the χ²-weighted problem); the
-  χ² recipe applies unchanged.  pPXF also regularises only interior grid points with
-  second differences; here every difference that fits in the grid is used (the same).
+  χ² recipe applies unchanged.  Here every full difference stencil that fits inside
+  the grid gives one row (no special rows at the grid edges).
 """
 from __future__ import annotations
 
@@ -253,7 +256,8 @@ def _layout(A, n: int, orbit_weights, pop_shape) -> tuple[int, int, tuple]:
 
 def with_priors(A, y=None, *, orbit_weights=None, orbit_strength: float = 1.0,
                 regul: float = 0.0, regul_order: int = 2, pop_shape=None, ridge: float = 0.0,
-                light=None, scale: float | None = None) -> PriorProblem:
+                light=None, data_light: float | None = None,
+                scale: float | None = None) -> PriorProblem:
     """The NNLS problem ``(A, y)`` with prior rows appended (module docstring).
 
     Parameters
@@ -269,6 +273,9 @@ def with_priors(A, y=None, *, orbit_weights=None, orbit_strength: float = 1.0,
         ``(P,)``: one axis).
     ridge : ridge strength ``≥ 0`` (same scale as ``regul``).
     light : ``(C, P)`` or ``(C·P,)`` unit light ``ℓ`` (default: :func:`unit_light`).
+    data_light : the data's light ``L_data`` in the measure of ``light`` (default: the
+        good-pixel flux sum ``rᵀỹ``); required with ``light=`` and ``orbit_weights``,
+        since ``μ`` compares the two.
     scale : column scale ``σ`` for ``regul``/``ridge`` (default ``sqrt(mean diag ÃᵀÃ)``).
 
     ``C`` comes from ``A.C`` (a :class:`cubefit.operator.LOSVDOperator`), else from
@@ -298,10 +305,14 @@ def with_priors(A, y=None, *, orbit_weights=None, orbit_strength: float = 1.0,
                              f"with a positive sum (one per component), got "
                              f"{np.array2string(f, precision=3)}")
         f = f / f.sum()
-        data_light = float(_light_rows(A, prob.m) @ prob._ls.y)
-        if not data_light > 0:
-            raise ValueError(f"orbit_weights: the data's light over good pixels is {data_light:.6g} "
-                             "<= 0, so light fractions are undefined; pass light= with a "
+        if light is not None and data_light is None:
+            raise ValueError("data_light: with light= and orbit_weights, also pass the data's "
+                             "light in the same measure (it sets the orbit strength mu)")
+        if data_light is None:
+            data_light = float(_light_rows(A, prob.m) @ prob._ls.y)
+        if not (np.isfinite(data_light) and data_light > 0):
+            raise ValueError(f"orbit_weights: the data's light is {data_light:.6g} <= 0, so light "
+                             "fractions are undefined; pass light= and data_light= with a "
                              "positive light measure, or drop orbit_weights")
         prob.orbit_weights = f
         prob.mu = float(orbit_strength) * float(np.linalg.norm(prob._ls.y)) / data_light
