@@ -255,9 +255,13 @@ def test_interrupted_in_place_commit(h5, monkeypatch):
         assert STAGING not in f
 
 
-def test_write_fit_refuses_undescribed_attributes(h5):
-    with pytest.raises(ValueError, match="no units and meaning"):
+def test_write_fit_refuses_undescribed_attributes_and_datasets(h5):
+    before = open(h5, "rb").read()
+    with pytest.raises(ValueError, match="attrs: .'mystery'. have no units and meaning"):
         write_fit(h5, np.zeros(3), {"mystery": 1}, {})
+    with pytest.raises(ValueError, match="datasets: .'/Fit/mystery'. have no units"):
+        write_fit(h5, np.zeros(3), {}, {"mystery": np.zeros(2)})
+    assert open(h5, "rb").read() == before
 
 
 def test_seed_module_names():

@@ -110,7 +110,7 @@ from .config import Config, get_config
 from .operator import LOSVDOperator
 from .solvers import solve
 from .solvers.priors import with_priors
-from .store import SCHEMA, _edit, open_h5, write_dataset
+from .store import SCHEMA, _edit, _stamp, open_h5, write_dataset
 from .tracking import FitTracker, latest_snapshot
 from .weights import read_lambda_weights
 
@@ -209,6 +209,10 @@ def write_fit(h5, x, attrs: dict, datasets: dict, *, config: Config | None = Non
     if unknown:
         raise ValueError(f"attrs: {unknown} have no units and meaning in cubefit.runner.FIT_ATTRS; "
                          "add them there")
+    unknown = sorted(k for k in datasets if f"/Fit/{k}" not in SCHEMA)
+    if unknown:
+        raise ValueError(f"datasets: {['/Fit/' + k for k in unknown]} have no units and meaning in "
+                         "cubefit.store.SCHEMA; add them there")
     x = np.asarray(x, dtype=np.float64).ravel()
     with _edit(Path(h5), cfg) as f:
         _stage(f, x, attrs, datasets)
@@ -242,7 +246,7 @@ def _commit(f: h5py.File) -> None:
     f.move(STAGING + "/X_global", "/X_global")
     f.move(STAGING + "/Fit", "/Fit")
     del f[STAGING]
-    f.attrs["cubefit_version"] = __version__
+    _stamp(f)
 
 
 def read_fit(h5, *, config: Config | None = None) -> tuple[np.ndarray, dict, dict]:
