@@ -37,14 +37,24 @@ def populated(tmp_path_factory, small_mock):
     mgr.ensure_rebin_and_resample()
     ensure_lambda_weights(path)
     inp = read_inputs(path)
-    A = direct_hypercube(inp.templates, inp.tem_pix, inp.obs_pix, inp.vel_pix, inp.losvd,
-                         norm_mode="data", data_flux=inp.data_flux)            # (S, C, P, L)
-    w = read_lambda_weights(path)
-    d = np.sqrt(inp.mask * w / inp.noise**2)
-    Aw = (A * d[:, None, None, :]).transpose(0, 3, 1, 2).reshape(d.size, -1)
+    A = reference(inp, "data")
+    Aw, yw = weighted(A, inp, read_lambda_weights(path))
     light = np.einsum("scpl,l->cp", A, inp.mask.astype(float)).ravel()
-    return dict(path=path, Aw=Aw, yw=(d * inp.datacube).ravel(), light=light,
+    return dict(path=path, A=A, inp=inp, Aw=Aw, yw=yw, light=light,
                 data_light=float(inp.datacube[:, inp.mask].sum()), C=A.shape[1], P=A.shape[2])
+
+
+def reference(inp, norm):
+    """Brute-force ``A (S, C, P, L)`` of the file's (cropped) inputs."""
+    return direct_hypercube(inp.templates, inp.tem_pix, inp.obs_pix, inp.vel_pix, inp.losvd,
+                            norm_mode=norm, data_flux=inp.data_flux)
+
+
+def weighted(A, inp, lam_w):
+    """Dense ``Ã`` (rows s·L + l, columns c·P + p) and ``ỹ`` with mask, λ-weights, 1/Noise²."""
+    d = np.sqrt(inp.mask * lam_w / inp.noise**2)
+    return ((A * d[:, None, None, :]).transpose(0, 3, 1, 2).reshape(d.size, -1),
+            (d * inp.datacube).ravel())
 
 
 @pytest.fixture
@@ -143,6 +153,28 @@ def test_regul_uses_the_population_grid_of_the_file(h5):
     assert attrs["prior_scale"] > 0 and attrs["penalty_regul"] > 0
     assert attrs["cost"] == pytest.approx(attrs["data_cost"] + attrs["penalty_regul"]
                                           + attrs["penalty_ridge"], rel=1e-10)
+
+
+def test_norm_mode_follows_the_built_hypercube(h5):
+    from cubefit.hypercube import build_hypercube
+    build_hypercube(h5, norm_mode="model", progress=False)
+    inp = read_inputs(h5)
+    Aw, yw = weighted(reference(inp, "model"), inp, read_lambda_weights(h5))
+    _, rnorm = nnls(Aw, yw, maxiter=20 * Aw.shape[1])
+    x, stats = PipelineRunner(h5).solve_all_mp_batched(track=False)
+    assert stats["settings"]["norm_mode"] == "model"
+    assert stats["cost"] == pytest.approx(0.5 * rnorm**2, rel=1e-8)
+    assert read_fit(h5)[1]["setting.norm_mode"] == "model"
+
+
+def test_disabled_lambda_weights_are_not_applied(h5, populated, capsys):
+    cfg = Config.from_env(environ={}, lambda_weights_enable=False)
+    Aw, yw = weighted(populated["A"], populated["inp"], 1.0)
+    _, rnorm = nnls(Aw, yw, maxiter=20 * Aw.shape[1])
+    _, stats = PipelineRunner(h5, config=cfg).solve_all_mp_batched(track=False)
+    assert "disabled" in capsys.readouterr().out
+    assert stats["cost"] == pytest.approx(0.5 * rnorm**2, rel=1e-8)
+    assert read_fit(h5)[1]["setting.lambda_weights"] == False  # noqa: E712 (numpy bool)
 
 
 def test_resume_warm_starts_from_the_last_snapshot_then_x_global(h5):
