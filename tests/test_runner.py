@@ -252,7 +252,9 @@ def test_killed_writer_leaves_the_old_or_the_new_result(h5):
     """)
     for delay in (0.0, 0.017, 0.043, 0.071):   # spread over one write (~50-100 ms)
         proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
-        first = int(proc.stdout.readline())     # in the write loop: one write is done
+        line = proc.stdout.readline()           # in the write loop: one write is done
+        assert line, f"the writer subprocess exited with {proc.wait()} before its first write"
+        first = int(line)
         time.sleep(delay)
         proc.send_signal(signal.SIGKILL)
         out, _ = proc.communicate()
