@@ -53,6 +53,14 @@ SCHEMA: dict[str, tuple[str, str]] = {
     "/Noise": ("data flux density", "1-sigma noise (S, L); inverse variance = 1/Noise^2"),
     "/CompWeights": ("fraction", "target light fraction of each component (C,), unit sum"),
     "/PopAxes/": ("see attrs", "population-grid axis values (e.g. age in Gyr, [M/H] in dex)"),
+    # Science extras (cubefit.science, cubefit.demo).
+    "/SpaxelXY": ("as the units attribute (spaxel or arcsec)",
+                  "sky position (x, y) of each spaxel/aperture centre (S, 2); x along the major axis"),
+    "/CompNames": ("", "name of each component (C,), in /LOSVD order"),
+    "/TemplateMass": ("M_sun per unit template weight, for data in the library's source unit "
+                      "(L_sun/Angstrom); scales with the data unit",
+                      "stellar mass (living stars + remnants) carried by unit weight of each "
+                      "template (P,) = library masses / norm; mass-weighted quantities use it"),
     "/R_T": ("fraction of output bin", "sparse exact-overlap rebin template grid -> observed grid"),
     "/R_T/data": ("fraction of output bin", "CSR values of R (L, T)"),
     "/R_T/indices": ("template pixel index", "CSR column indices of R (L, T)"),
