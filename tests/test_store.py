@@ -1,5 +1,6 @@
 """cubefit.store: the HDF5 backbone, its validation and crash safety."""
 import logging
+import os
 import subprocess
 import sys
 import textwrap
@@ -348,3 +349,16 @@ def test_populate_from_template_library(tmp_path, small_mock):
     with pytest.raises(ValueError, match="ln_lam differs"):
         H5Manager(path, tem_pix=m.tem_pix[1:], obs_pix=m.obs_pix).populate_from_arrays(
             losvd=m.losvd, datacube=m.datacube, templates=lib, vel_pix=m.vel_pix)
+
+
+def test_edit_copies_of_killed_processes_are_removed(tmp_path, small_mock):
+    m = small_mock
+    path, mgr = _populated(tmp_path, m)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    orphan = tmp_path / f".g.h5.tmp-{dead}"
+    orphan.write_bytes(b"half a copy")
+    alive = tmp_path / f".g.h5.tmp-{os.getppid()}"
+    alive.write_bytes(b"in use")
+    mgr.ensure_rebin_and_resample(force=True)
+    assert not orphan.exists() and alive.exists()

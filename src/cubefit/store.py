@@ -229,6 +229,7 @@ def _edit(path: Path, cfg: Config):
         with open_h5(path, "r+", config=cfg) as f:
             yield f
         return
+    _remove_orphans(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         if exists:
@@ -241,6 +242,22 @@ def _edit(path: Path, cfg: Config):
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _remove_orphans(path: Path) -> None:
+    """Delete edit copies of ``path`` left by killed processes (``.<name>.tmp-<pid>``,
+    ``.<name>.new-<pid>``); a copy of a live process is left alone."""
+    for p in path.parent.glob(f".{path.name}.*-*"):
+        kind, _, pid = p.name[len(path.name) + 2:].rpartition("-")
+        if kind not in ("tmp", "new") or not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            p.unlink(missing_ok=True)
+            log.info("removed %s, left by a killed process", p)
+        except PermissionError:  # alive, owned by someone else
+            pass
 
 
 # ----------------------------------------------------------------------------- writing
