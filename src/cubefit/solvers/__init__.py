@@ -12,17 +12,28 @@ safety limit, never on an iteration count alone.
 * :func:`nnls_working_set` — exact and matrix-free: column generation with Gram
   blocks of the working set only.
 * :func:`fista` — accelerated projected gradient with restart (baseline).
+* :func:`newton_cg` — active-set Newton–CG (GPCG: gradient projection + CG on the
+  free face), matrix-free and second order.
+* :func:`lbfgsb` — L-BFGS-B (:func:`scipy.optimize.minimize`).
+* :func:`lsq_trf` — :func:`scipy.optimize.lsq_linear`'s TRF + LSMR on the operator.
+* :func:`lsq_bvls` — :func:`scipy.optimize.lsq_linear`'s BVLS on the dense matrix
+  (small problems).
 """
+from .bounded_lsq import lsq_bvls, lsq_trf
 from .exact import nnls_gram, nnls_on_gram
 from .fista import fista
+from .lbfgsb import lbfgsb
+from .newton import newton_cg
 from .problem import LeastSquares
 from .result import STATUS, SolverResult, projected_gradient, relative_optimality
 from .working_set import nnls_working_set
 
 __all__ = ["solve", "METHODS", "AUTO_METHOD", "nnls_gram", "nnls_on_gram", "nnls_working_set", "fista",
+           "newton_cg", "lbfgsb", "lsq_trf", "lsq_bvls",
            "LeastSquares", "SolverResult", "STATUS", "projected_gradient", "relative_optimality"]
 
-METHODS = {"gram": nnls_gram, "working_set": nnls_working_set, "fista": fista}
+METHODS = {"gram": nnls_gram, "working_set": nnls_working_set, "fista": fista,
+           "newton_cg": newton_cg, "lbfgsb": lbfgsb, "trf": lsq_trf, "bvls": lsq_bvls}
 """Solver name -> function."""
 
 AUTO_METHOD = "working_set"
