@@ -345,10 +345,11 @@ def plot_recovery(truth, fit, path, *, tolerances: dict | None = None) -> Path:
                         mfc=cmap[c] if fill else "none", mew=1.5,
                         label=f"{fit.names[c]}" if kind == "light" else None)
             vals += [t, f]
-        if not vals:
+        v = np.concatenate(vals) if vals else np.array([])
+        v = v[np.isfinite(v)]                # an empty component has no mean age
+        if not v.size:
             ax.set_visible(False)
             continue
-        v = np.concatenate(vals)
         pad = 0.08 * (v.max() - v.min()) + 0.02
         lim = (v.min() - pad, v.max() + pad)
         ax.plot(lim, lim, ls="--", color="0.4", lw=1)
