@@ -11,9 +11,9 @@ from cubefit.operator import LOSVDOperator
 from cubefit.plots import plot_chi2_map, plot_light_maps, spaxel_chi2
 from cubefit.report import write_report
 from cubefit.runner import PipelineRunner
-from cubefit.science import (analyse, light_maps, light_per_weight, populations, write_template_masses,
-                             write_truth)
-from cubefit.store import open_h5, read_inputs, write_dataset
+from cubefit.science import (analyse, light_maps, light_per_weight, populations, write_layout,
+                             write_template_masses, write_truth)
+from cubefit.store import read_inputs
 from cubefit.templates import TemplateLibrary
 from reference import direct_hypercube
 from test_store import _populated
@@ -27,10 +27,7 @@ def fitted(tmp_path_factory, small_mock):
     m = small_mock
     path, _ = _populated(tmp_path_factory.mktemp("science"), m, name="galaxy.h5")
     write_truth(path, m.x_true, model=m.model, meta={"note": "small mock"})
-    with open_h5(path, "a") as f:
-        write_dataset(f, "/SpaxelXY", m.xy, units="spaxel")
-        write_dataset(f, "/CompNames", np.array([c.name for c in m.components], dtype=object),
-                      dtype=h5py.string_dtype())
+    write_layout(path, xy=m.xy, names=[c.name for c in m.components])
     PipelineRunner(path).solve_all_mp_batched(processes=1, track=False)
     return path
 
@@ -152,6 +149,19 @@ def test_analyse_and_report(fitted, tmp_path, small_mock):
     summary = json.loads(rep.summary.read_text())
     assert summary["fit"]["light_fraction"] == pytest.approx(a.fit.fractions().tolist())
     assert summary["truth"]["names"] == a.fit.names and len(summary["comparison"]) == len(rows)
+
+
+def test_write_layout_checks_shapes(fitted, tmp_path):
+    import shutil
+    path = tmp_path / "g.h5"
+    shutil.copy(fitted, path)
+    with pytest.raises(ValueError, match=r"\(S, 2\)"):
+        write_layout(path, xy=np.zeros((2, 2)))
+    with pytest.raises(ValueError, match="one name per component"):
+        write_layout(path, names=["only one"])
+    write_layout(path, xy=np.ones((9, 2)), xy_units="arcsec")
+    with h5py.File(path, "r") as f:
+        assert f["/SpaxelXY"].attrs["units"] == "arcsec" and "/CompNames" in f
 
 
 def test_maps_on_irregular_apertures(tmp_path, rng):

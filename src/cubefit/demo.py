@@ -36,11 +36,10 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import h5py
 import numpy as np
 
 from .mock import Component, make_mock_galaxy, synthetic_templates
-from .store import H5Dims, H5Manager, _edit, open_h5, write_dataset
+from .store import H5Dims, H5Manager, open_h5
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +159,7 @@ def run_demo(out=Path("cubefit_demo"), synthetic: bool = False, nx: int = 8, see
     from .hypercube import build_hypercube, convert_hypercube_norm
     from .report import write_report
     from .runner import PipelineRunner
-    from .science import write_template_masses, write_truth
+    from .science import write_layout, write_template_masses, write_truth
     from .weights import ensure_lambda_weights
 
     out = Path(out)
@@ -192,10 +191,7 @@ def run_demo(out=Path("cubefit_demo"), synthetic: bool = False, nx: int = 8, see
                              mask=mock.mask, vel_pix=mock.vel_pix, noise=mock.noise,
                              pop_axes=axes, axis_units=units)
     mgr.ensure_rebin_and_resample()
-    with _edit(path, mgr.config) as f:
-        write_dataset(f, "/SpaxelXY", mock.xy, units="spaxel")
-        write_dataset(f, "/CompNames", np.array([c.name for c in comps], dtype=object),
-                      dtype=h5py.string_dtype())
+    write_layout(path, xy=mock.xy, xy_units="spaxel", names=[c.name for c in comps])
     write_truth(path, mock.x_true, model=mock.model, norm_mode="model",
                 meta={"components": [asdict(c) for c in comps], "snr": snr, "seed": seed,
                       "noise_model": "binned", "templates": "synthetic" if synthetic else "E-MILES"})
@@ -206,6 +202,8 @@ def run_demo(out=Path("cubefit_demo"), synthetic: bool = False, nx: int = 8, see
     cube_bytes = S * C * P * L * 4
     build = hypercube == "yes" or (hypercube == "auto" and cube_bytes <= max_cube_bytes)
     size = f"{cube_bytes / 2**20:.0f} MiB"
+    log.info("hypercube of %s (limit %.0f MiB, hypercube=%r): %s", size, max_cube_bytes / 2**20,
+             hypercube, "materialised" if build else "skipped, matrix-free fit")
     if build:
         steps.start("hypercube", f"hypercube {S}×{C}×{P}×{L} float32 = {size}: materialising "
                                  "(build in 'data' norm, convert to 'model')")

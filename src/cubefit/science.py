@@ -46,10 +46,12 @@ figures and a Markdown summary.
 """
 from __future__ import annotations
 
+import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
+import h5py
 import numpy as np
 
 from .config import Config, get_config
@@ -58,7 +60,7 @@ from .store import SCHEMA, _edit, open_h5, write_dataset
 log = logging.getLogger(__name__)
 
 __all__ = ["light_per_weight", "light_maps", "populations", "Populations", "Analysis", "analyse",
-           "write_template_masses", "write_truth", "AGE_UNIT_LOG10_YR", "TRUTH_X"]
+           "write_template_masses", "write_truth", "write_layout", "AGE_UNIT_LOG10_YR", "TRUTH_X"]
 
 AGE_UNIT_LOG10_YR = {"yr": 0.0, "Myr": 6.0, "Gyr": 9.0}
 """log10 of one unit of the age axis in years, per unit name."""
@@ -294,7 +296,6 @@ def write_truth(h5, x_true, *, model=None, norm_mode: str = "model", meta: dict 
     """Keep a mock's truth beside its inputs: ``/Truth/x_true (C, P)`` (attribute
     ``norm.mode``), optionally the noise-free cube ``/Truth/model (S, L)``, and ``meta``
     (e.g. the components' parameters) as JSON attributes of ``/Truth``."""
-    import json
     with _edit(Path(h5), config or get_config()) as f:
         ds = write_dataset(f, TRUTH_X, np.asarray(x_true, dtype=np.float64),
                            units=SCHEMA["/X_global"][0],
@@ -307,6 +308,26 @@ def write_truth(h5, x_true, *, model=None, norm_mode: str = "model", meta: dict 
                           description="noise-free mock cube (S, L) on /ObsPix")
         for k, v in (meta or {}).items():
             f["/Truth"].attrs[k] = json.dumps(v, default=str)
+
+
+def write_layout(h5, *, xy=None, xy_units: str = "spaxel", names=None,
+                 config: Config | None = None) -> None:
+    """Store the spaxel positions ``/SpaxelXY (S, 2)`` (in ``xy_units``, e.g. "spaxel" or
+    "arcsec") and/or the component names ``/CompNames (C,)``, checked against the file's
+    dimensions; the maps and labels of the report use them."""
+    with _edit(Path(h5), config or get_config()) as f:
+        S, _, C = f["/LOSVD"].shape
+        if xy is not None:
+            xy = np.asarray(xy, dtype=np.float64)
+            if xy.shape != (S, 2) or not np.all(np.isfinite(xy)):
+                raise ValueError(f"xy: expected finite (S, 2) = ({S}, 2) spaxel centres, got shape "
+                                 f"{xy.shape}")
+            write_dataset(f, "/SpaxelXY", xy, units=xy_units)
+        if names is not None:
+            names = [str(n) for n in names]
+            if len(names) != C:
+                raise ValueError(f"names: expected one name per component (C = {C}), got {len(names)}")
+            write_dataset(f, "/CompNames", np.array(names, dtype=object), dtype=h5py.string_dtype())
 
 
 # ----------------------------------------------------------------------------- analysis
@@ -341,7 +362,6 @@ class Analysis:
     fit_attrs: dict
     norm_mode: str
     flux_units: str = "data flux density"
-    extra: dict = field(default_factory=dict)
 
     def comparison(self) -> list[dict]:
         """Rows ``{quantity, component, true, fit, diff}`` for fractions and means (truth only)."""
