@@ -76,12 +76,14 @@ def test_synthetic_demo_end_to_end(tmp_path, capsys):
     assert "run time to the fit" in summary["run_info"]
 
 
-def test_synthetic_demo_matrix_free_six_components(tmp_path, capsys):
-    """hypercube="no": no cube is written and the runner fits matrix-free (its default "data"
-    normalisation); six components; nothing printed when quiet."""
-    r = run_demo(tmp_path / "demo", synthetic=True, nx=3, n_components=6, hypercube="no",
+def test_synthetic_demo_matrix_free_six_components(tmp_path, capsys, caplog):
+    """A cube over max_cube_bytes is not built and the runner fits matrix-free (its default
+    "data" normalisation); six components; quiet: the steps go to the log, not stdout."""
+    caplog.set_level("INFO", logger="cubefit.demo")
+    r = run_demo(tmp_path / "demo", synthetic=True, nx=3, n_components=6, max_cube_bytes=1,
                  quiet=True)
     assert capsys.readouterr().out.count("\n") <= 1               # only the runner's λ banner
+    assert "> max_cube_bytes" in caplog.text and "not materialised" in caplog.text
     assert not r.hypercube and r.report.analysis.norm_mode == "data"
     with h5py.File(r.h5, "r") as f:
         assert "/HyperCube/models" not in f and f["/X_global"].shape == (6 * 15,)

@@ -105,25 +105,29 @@ def load_demo_templates(synthetic: bool = False):
 
 
 class _Steps:
-    """Prints ``[demo k/n] message (seconds)`` lines unless quiet; keeps the timings."""
+    """Reports ``[demo k/n] message (seconds)``: printed, or logged at INFO level when
+    quiet (so a quiet run still says what it did); keeps the timings."""
 
     def __init__(self, n: int, quiet: bool):
         self.n, self.k, self.quiet = n, 0, quiet
         self.t0 = self.t = time.perf_counter()
         self.timings: dict[str, float] = {}
 
+    def _say(self, text: str) -> None:
+        if self.quiet:
+            log.info("%s", text)
+        else:
+            print(text, flush=True)
+
     def start(self, name: str, message: str) -> None:
         self.k += 1
         self.name, self.t = name, time.perf_counter()
-        if not self.quiet:
-            print(f"[demo {self.k}/{self.n}] {message} ...", flush=True)
+        self._say(f"[demo {self.k}/{self.n}] {message} ...")
 
     def done(self, message: str = "") -> None:
         dt = time.perf_counter() - self.t
         self.timings[self.name] = dt
-        if not self.quiet:
-            print(f"[demo {self.k}/{self.n}]   {message + ', ' if message else ''}{dt:.1f} s",
-                  flush=True)
+        self._say(f"[demo {self.k}/{self.n}]   {message + ', ' if message else ''}{dt:.1f} s")
 
 
 def run_demo(out=Path("cubefit_demo"), synthetic: bool = False, nx: int = 8, seed: int = 1, *,
@@ -202,19 +206,16 @@ def run_demo(out=Path("cubefit_demo"), synthetic: bool = False, nx: int = 8, see
     cube_bytes = S * C * P * L * 4
     build = hypercube == "yes" or (hypercube == "auto" and cube_bytes <= max_cube_bytes)
     size = f"{cube_bytes / 2**20:.0f} MiB"
-    log.info("hypercube of %s (limit %.0f MiB, hypercube=%r): %s", size, max_cube_bytes / 2**20,
-             hypercube, "materialised" if build else "skipped, matrix-free fit")
+    why = f"hypercube={hypercube!r}" if hypercube != "auto" else \
+        f"{'≤' if build else '>'} max_cube_bytes = {max_cube_bytes / 2**20:.0f} MiB"
+    steps.start("hypercube", f"hypercube {S}×{C}×{P}×{L} float32 = {size} ({why}): " +
+                ("materialising (build in 'data' norm, convert to 'model')" if build else
+                 "not materialised; the solver applies the matrix-free operator"))
     if build:
-        steps.start("hypercube", f"hypercube {S}×{C}×{P}×{L} float32 = {size}: materialising "
-                                 "(build in 'data' norm, convert to 'model')")
         build_hypercube(path, norm_mode="data", progress=not quiet)
         convert_hypercube_norm(path, to_mode="model", recompute_energy=True, progress=not quiet)
-        steps.done("fit in the 'model' normalisation")
-    else:
-        why = "over max_cube_bytes" if hypercube == "auto" else "hypercube='no'"
-        steps.start("hypercube", f"hypercube {S}×{C}×{P}×{L} float32 = {size}: not materialised "
-                                 f"({why}); the solver applies the matrix-free operator")
-        steps.done("fit in the runner's default 'data' normalisation")
+    steps.done("fit in the 'model' normalisation" if build else
+               "fit in the runner's default 'data' normalisation")
 
     steps.start("solve", f"λ-weights and solve ({method}, regul={regul:g}, {processes} threads)")
     ensure_lambda_weights(path)
