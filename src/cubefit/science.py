@@ -37,8 +37,9 @@ synthetic templates) mass-weighted quantities are None.
 
 i.e. ages are averaged in log, the convention of pPXF's ``mean_age_metal``;
 ``10**(⟨log age⟩ - 9)`` Gyr is therefore a geometric mean age.  The age axis is the
-population axis whose name contains "age" (units Gyr, Myr or yr), the metallicity axis
-the one whose name contains "metal" or "m/h".
+population axis whose name contains "age" (units Gyr, Myr or yr from its ``units``
+attribute; none given is taken as Gyr, the unit of every loader here), the metallicity
+axis the one whose name contains "metal" or "m/h".
 
 :func:`analyse` gathers everything for a fitted file (fit and, for a mock, truth;
 maps; χ² per spaxel; model spectra; fit history); :mod:`cubefit.report` turns it into
