@@ -41,8 +41,8 @@ def test_light_per_weight_is_model_flux_over_good_pixels(fitted, norm):
                          norm_mode=norm, data_flux=inp.data_flux)
     ref = A[:, :, :, inp.mask].sum(axis=(0, 3))
     plain = LOSVDOperator.from_h5(fitted, norm_mode=norm, lambda_weights=None, use_ivar=False)
-    weighted = LOSVDOperator.from_h5(fitted, norm_mode=norm, lambda_weights=np.linspace(0.1, 1, inp.dims.L),
-                                     use_ivar=True)
+    weighted = LOSVDOperator.from_h5(fitted, norm_mode=norm, use_ivar=True,
+                                     lambda_weights=np.linspace(0.1, 1, inp.dims.L))
     np.testing.assert_allclose(light_per_weight(plain), ref, rtol=1e-9)
     np.testing.assert_allclose(light_per_weight(weighted), ref, rtol=1e-9)
 

@@ -103,8 +103,9 @@ def markdown(a: Analysis, figures: list, *, title: str, run_info: dict | None = 
               f"- Solver `{attrs.get('solver', '?')}`: {certified}; optimality "
               f"{_fmt(attrs.get('optimality'), '.2g')}, cost {_fmt(attrs.get('cost'), '.6g')}, "
               f"{attrs.get('nit', '?')} iterations, {_fmt(attrs.get('time_total_s'), '.1f')} s.",
-              f"- Priors: regul = {attrs.get('setting.regul', 0)}, ridge = {attrs.get('setting.ridge', 0)}, "
-              f"orbit weights {'used' if np.isfinite(attrs.get('orbit_mu', np.nan)) else 'not used'}; "
+              f"- Priors: regul = {attrs.get('setting.regul', 0)}, "
+              f"ridge = {attrs.get('setting.ridge', 0)}, orbit weights "
+              f"{'used' if np.isfinite(attrs.get('orbit_mu', np.nan)) else 'not used'}; "
               f"λ-weights {'on' if attrs.get('setting.lambda_weights') else 'off'}.",
               f"- {chi_name} per spaxel: median {np.median(a.chi2):.3g}, "
               f"range {a.chi2.min():.3g}–{a.chi2.max():.3g}."]
@@ -120,9 +121,9 @@ def markdown(a: Analysis, figures: list, *, title: str, run_info: dict | None = 
     lines += ["", "Conventions: the light of a component is its model flux summed over the good "
               "pixels of all spaxels (λ-weights and inverse variance weight the fit, not the "
               "light); the truth of a mock is measured with the same function. ⟨log age⟩ = "
-              "Σ w·log10(age/yr) / Σ w (averaged in log, as pPXF's mean_age_metal; the Gyr value "
-              "in brackets is 10^(⟨log age⟩−9)); ⟨[M/H]⟩ = Σ w·[M/H] / Σ w. Mass weights are the fit "
-              "weights times the templates' stellar mass (living stars + remnants) per unit "
+              "Σ w·log10(age/yr) / Σ w (averaged in log, as pPXF's mean_age_metal; the Gyr "
+              "value in brackets is 10^(⟨log age⟩−9)); ⟨[M/H]⟩ = Σ w·[M/H] / Σ w. Mass weights "
+              "are the fit weights times the templates' stellar mass (living stars + remnants) per unit "
               "weight (`/TemplateMass`). See `cubefit.science`."]
     lines += ["", "## Figures", ""]
     for p in figures:
