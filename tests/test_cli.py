@@ -54,13 +54,17 @@ def test_errors_are_one_line_with_exit_1(tmp_path, capsys):
         cli.main(["--debug", "info", str(tmp_path / "missing.h5")])
 
 
-def test_demo_synthetic_builds_the_example(tmp_path, capsys):
-    assert cli.main(["demo", "--synthetic", "--nx", "3", "--out", str(tmp_path / "demo")]) == 0
+def test_demo_synthetic_fits_and_reports(tmp_path, capsys):
+    out_dir = tmp_path / "demo"
+    assert cli.main(["demo", "--synthetic", "--nx", "3", "--components", "3", "--snr", "0",
+                     "--hypercube", "no", "--out", str(out_dir)]) == 0
     out = capsys.readouterr().out
     assert "results in" in out and "/DataCube" in out
-    with h5py.File(tmp_path / "demo" / "galaxy.h5", "r") as f:
-        assert f["/DataCube"].shape[0] == 9
-        assert "/R_T" in f and "/Truth/x_true" in f
+    with h5py.File(out_dir / "galaxy.h5", "r") as f:
+        assert f["/DataCube"].shape[0] == 9 and f["/LOSVD"].shape[2] == 3
+        assert "/R_T" in f and "/X_global" in f and "/HyperCube/models" not in f
+    assert (out_dir / "report.md").exists() and list(out_dir.glob("*.png"))
+    assert run("demo", "--components", "7").returncode == 2
 
 
 def test_templates_fetch_calls_fetcher(monkeypatch, tmp_path, capsys):

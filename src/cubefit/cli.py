@@ -143,7 +143,9 @@ def cmd_templates_fetch(args) -> int:
 
 def cmd_demo(args) -> int:
     from .demo import run_demo
-    run_demo(out=Path(args.out), synthetic=args.synthetic, nx=args.nx, seed=args.seed)
+    run_demo(out=Path(args.out), synthetic=args.synthetic, nx=args.nx, seed=args.seed,
+             snr=None if args.snr <= 0 else args.snr, n_components=args.components,
+             regul=args.regul, processes=args.processes, hypercube=args.hypercube)
     return 0
 
 
@@ -260,12 +262,23 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--force", action="store_true", help="download again even if cached")
     f.set_defaults(func=cmd_templates_fetch)
 
-    d = sub.add_parser("demo", help="build and summarise the built-in example galaxy",
+    d = sub.add_parser("demo", help="fit the built-in example galaxy and write a report",
                        description="Make a mock IFU galaxy from the E-MILES templates (fetched and "
-                                   "cached on first use), write it with the CubeFit manual's workflow "
-                                   "and print its summary.")
+                                   "cached on first use), write it with the CubeFit manual's workflow, "
+                                   "fit it and write a report folder (HDF5 file, PNG figures, "
+                                   "report.md comparing recovered and true light fractions, ages "
+                                   "and metallicities).")
     d.add_argument("--out", default="cubefit_demo", help="output folder (default: %(default)s)")
-    d.add_argument("--nx", type=int, default=6, help="spaxels per side of the field (default: %(default)s)")
+    d.add_argument("--nx", type=int, default=8, help="spaxels per side of the field (default: %(default)s)")
+    d.add_argument("--components", type=int, default=4, choices=range(3, 7), metavar="{3..6}",
+                   help="kinematic components (default: %(default)s)")
+    d.add_argument("--snr", type=float, default=100.0,
+                   help="signal-to-noise per pixel in every spaxel; 0 for no noise (default: %(default)s)")
+    d.add_argument("--regul", type=float, default=0.0,
+                   help="Tikhonov strength over the age × [M/H] grid, dimensionless (default: %(default)s)")
+    d.add_argument("--processes", type=int, default=2, help="solver threads (default: %(default)s)")
+    d.add_argument("--hypercube", choices=("auto", "yes", "no"), default="auto",
+                   help="materialise /HyperCube/models: auto = when it fits in 512 MiB (default: auto)")
     d.add_argument("--seed", type=int, default=1, help="random seed for the noise (default: %(default)s)")
     d.add_argument("--synthetic", action="store_true",
                    help="use built-in synthetic templates instead of E-MILES (no download)")
