@@ -305,3 +305,44 @@ def test_seed_module_names():
     assert PR is PipelineRunner and kz.solve is solve
     with pytest.raises(FileNotFoundError, match="no such HDF5 file"):
         PipelineRunner("/nonexistent/galaxy.h5")
+
+
+KILL_MID_SOLVE = textwrap.dedent("""
+    import os, signal, sys, time
+    import cubefit.runner as r
+    real = r._stream_to
+    def killing(tracker):
+        cb = real(tracker)
+        def progress(step, x, cost):
+            cb(step, x, cost)
+            if step["it"] == 40:          # let the queue reach the writer, then die
+                time.sleep(1.0)
+                os.kill(os.getpid(), signal.SIGKILL)
+        return progress
+    r._stream_to = killing
+    if __name__ == "__main__":
+        r.PipelineRunner(sys.argv[1]).solve_all_mp_batched(method="fista", tol=1e-9,
+                                                           max_passes=100000)
+""")
+
+
+def test_solve_killed_midway_resumes_from_its_live_snapshot(h5, tmp_path):
+    script = tmp_path / "kill_solve.py"
+    script.write_text(KILL_MID_SOLVE)
+    out = subprocess.run([sys.executable, str(script), str(h5)], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == -signal.SIGKILL, out.stderr[-2000:]
+    with h5py.File(h5, "r") as f:
+        assert "/X_global" not in f                      # the killed run committed nothing
+    sidecar = find_sidecars(h5)[0]
+    from cubefit.tracking import latest_snapshot, read_history
+    assert read_history(sidecar)["iteration"].size >= 40      # streamed live, before the kill
+    x_snap, meta = latest_snapshot(h5, "last")
+    assert x_snap.shape == (12,) and np.all(x_snap >= 0) and meta["iteration"] >= 30
+    fresh = tmp_path / "fresh.h5"
+    shutil.copy(h5, fresh)
+    cold = PipelineRunner(fresh).solve_all_mp_batched(track=False)[1]
+    warm = PipelineRunner(h5).solve_all_mp_batched(track=False, resume=True)[1]
+    assert warm["x0_source"].startswith("snapshot"), warm["x0_source"]
+    assert warm["success"], (warm["method"], warm["status"], warm["message"], warm["optimality"])
+    assert warm["cost"] == pytest.approx(cold["cost"], rel=1e-9)

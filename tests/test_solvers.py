@@ -162,3 +162,22 @@ def test_boundary_errors(noisy):
         fista(op, x0=np.ones(3))
     with pytest.raises(ValueError, match="weighted_data"):
         LeastSquares(noisy["Aw"])
+
+
+def test_solve_streams_every_iteration_to_the_callback():
+    from cubefit.solvers import solve
+    rng = np.random.default_rng(4)
+    A = rng.random((60, 12))
+    y = A @ np.where(rng.random(12) < 0.5, rng.random(12), 0.0) + 0.01 * rng.standard_normal(60)
+    seen = []
+    res = solve(A, y, method="fista", callback=lambda step, x, cost: seen.append((step, x, cost)))
+    assert len(seen) == len(res.history["cost"]) > 1
+    assert [s["it"] for s, _, _ in seen] == list(range(len(seen)))
+    assert [s["passes"] for s, _, _ in seen] == res.history["passes"]
+    for _, x, cost in seen:
+        if x is not None:
+            assert x.shape == (12,) and np.all(x >= 0)
+            r = A @ x - y
+            assert cost == pytest.approx(0.5 * r @ r, rel=1e-12)
+    solve(A, y, method="working_set")  # no callback left installed afterwards
+    assert len(seen) == len(res.history["cost"])

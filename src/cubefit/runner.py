@@ -66,11 +66,12 @@ gracefully.  Recommended on 2 cores: ``processes=2, blas_threads=1``.  The defau
 Tracking
 --------
 With ``track=True`` a :class:`cubefit.tracking.FitTracker` sidecar is opened for the
-run.  The solvers expose no per-iteration callback, so live streaming is limited to
-progress records (start, end); the solver's history (one step per iteration: passes,
-cost, optimality) is logged to the sidecar after the solve, followed by "best" and
-"last" snapshots of ``x``.  The sidecar's ``wall_s`` of those steps is therefore the
-time they were logged; the solver's own clock is in ``/Fit/history/time``.
+run.  Every solver iteration is streamed live through :func:`cubefit.solvers.solve`'s
+``callback``: a step (passes, cost, optimality) and an "auto" snapshot of the latest
+evaluated ``x`` (the "last" snapshot, and "best" when the cost improved), so a solve
+killed midway leaves a snapshot to resume from; the final ``x`` is snapshotted as
+"best" and "last" at the end.  The sidecar's ``wall_s`` is the time a record was
+written; the solver's own clock is in ``/Fit/history/time``.
 
 Resume
 ------
@@ -278,6 +279,18 @@ def read_fit(h5, *, config: Config | None = None) -> tuple[np.ndarray, dict, dic
 
 # ----------------------------------------------------------------------------- runner
 
+def _stream_to(tracker):
+    """Solver progress callback: every iteration's cost, optimality and passes go to the
+    tracker live, and the latest evaluated point becomes its "auto" snapshot (best when
+    the cost improved, last always), so a killed solve can resume from it."""
+    def progress(step, x, cost):
+        tracker.log_step(step["it"], step["cost"], optimality=step["optimality"],
+                         passes=step["passes"])
+        if x is not None:
+            tracker.snapshot(x, cost, step["it"], kind="auto")
+    return progress
+
+
 class PipelineRunner:
     """Run the global fit of one galaxy file (the manual's entry point).
 
@@ -417,11 +430,9 @@ class PipelineRunner:
             if tracker:
                 tracker.progress(0.0, f"solving: method={method}, n={n}, x0={x0_source}")
             with threadpool_limits(limits=blas_threads) if blas_threads else contextlib.nullcontext():
-                res = solve(prob, method=method, x0=x_start, gtol=tol, **kw)
+                res = solve(prob, method=method, x0=x_start, gtol=tol,
+                            callback=_stream_to(tracker) if tracker else None, **kw)
             if tracker:
-                h = res.history
-                for i, (p, c, o) in enumerate(zip(h["passes"], h["cost"], h["optimality"])):
-                    tracker.log_step(i, c, optimality=o, passes=p)
                 tracker.snapshot(res.x, res.cost, res.nit, kind="best")
                 tracker.snapshot(res.x, res.cost, res.nit, kind="last")
                 tracker.progress(1.0, f"done: status {res.status}, optimality {res.optimality:.3g}")

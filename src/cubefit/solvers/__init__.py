@@ -24,7 +24,7 @@ from .exact import nnls_gram, nnls_on_gram
 from .fista import fista
 from .lbfgsb import lbfgsb
 from .newton import newton_cg
-from .problem import LeastSquares
+from .problem import PROGRESS, LeastSquares
 from .result import STATUS, SolverResult, projected_gradient, relative_optimality
 from .working_set import nnls_working_set
 
@@ -43,11 +43,16 @@ in 4.8 s and ``scipy.optimize.nnls`` on the dense matrix in 5.5 s (2 cores); rev
 with the solver benchmark of issue #4 (regularised fits are not sparse)."""
 
 
-def solve(A, y=None, *, method: str = "auto", **options) -> SolverResult:
+def solve(A, y=None, *, method: str = "auto", callback=None, **options) -> SolverResult:
     """Solve with ``method`` in :data:`METHODS` or ``"auto"`` (:data:`AUTO_METHOD`).
-    ``options`` go to the solver (``x0``, ``gtol``, ...)."""
+    ``options`` go to the solver (``x0``, ``gtol``, ...).  ``callback(step, x, cost)`` is
+    called after every recorded iteration (:data:`.problem.PROGRESS`)."""
     if method == "auto":
         method = AUTO_METHOD
     if method not in METHODS:
         raise ValueError(f"method: expected 'auto' or one of {sorted(METHODS)}, got {method!r}")
-    return METHODS[method](A, y, **options)
+    token = PROGRESS.set(callback)
+    try:
+        return METHODS[method](A, y, **options)
+    finally:
+        PROGRESS.reset(token)

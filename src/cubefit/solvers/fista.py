@@ -66,7 +66,7 @@ def fista(A, y=None, *, x0=None, gtol: float = 1e-6, ftol: float = 1e-10, window
     cost = 0.5 * float(r @ r)
     g_x = prob.rmatvec(r)
     opt = prob.optimality(x, g_x)
-    prob.record(cost, opt)
+    prob.record(cost, opt, x)
     yv, Ay, f_y, g_y, t = x, Ax, cost, g_x, 1.0
     best = [cost]
     # The cost-change test is relative, with a floor at the rounding level of ½‖ỹ‖²
@@ -107,7 +107,7 @@ def fista(A, y=None, *, x0=None, gtol: float = 1e-6, ftol: float = 1e-10, window
         if yv is x or settled or limit or nit % check_every == 0:
             g_x = prob.rmatvec(rn)
             opt = prob.optimality(x, g_x)
-            prob.record(cost, opt)
+            prob.record(cost, opt, x)
             if yv is x:
                 f_y, g_y = cost, g_x
             if settled:
@@ -116,5 +116,5 @@ def fista(A, y=None, *, x0=None, gtol: float = 1e-6, ftol: float = 1e-10, window
             if limit:
                 break
         else:
-            prob.record(cost)
+            prob.record(cost, x=x)
     return prob.result("fista", x, cost, opt, nit, status)

@@ -14,6 +14,7 @@ Everything the solvers compute is float64, whatever the operator's precision.
 """
 from __future__ import annotations
 
+import contextvars
 import time
 
 import numpy as np
@@ -22,7 +23,15 @@ from scipy.sparse.linalg import aslinearoperator
 
 from .result import SolverResult, STATUS, relative_optimality
 
-__all__ = ["LeastSquares"]
+__all__ = ["LeastSquares", "PROGRESS"]
+
+PROGRESS: contextvars.ContextVar = contextvars.ContextVar("cubefit_solver_progress", default=None)
+"""Progress callback ``fn(step, x, cost)`` of the solve in progress, installed by
+:func:`cubefit.solvers.solve`.  ``step`` is the iteration just recorded (``it``, ``time``,
+``passes``, ``cost``, ``optimality``); ``x`` and ``cost`` are the latest point the solver
+evaluated (a copy; None before the first evaluation).  A context variable rather than an
+argument of every solver, so that each solver streams its iterations (to a
+:class:`cubefit.tracking.FitTracker`) without threading a callback through its signature."""
 
 
 class LeastSquares:
@@ -65,6 +74,8 @@ class LeastSquares:
         self._t0 = time.perf_counter()
         self.history = {"time": [], "passes": [], "cost": [], "optimality": []}
         self._b = None
+        self._progress = PROGRESS.get()
+        self._last = (None, None)
 
     # -- operator applications, counted ---------------------------------------------------
     def matvec(self, x) -> np.ndarray:
@@ -97,7 +108,10 @@ class LeastSquares:
         """``(cost, gradient, A x)`` at ``x`` (two passes)."""
         Ax = self.matvec(x)
         r = Ax - self.y
-        return 0.5 * float(r @ r), self.rmatvec(r), Ax
+        cost = 0.5 * float(r @ r)
+        if self._progress is not None:  # solvers update x in place: keep a copy for snapshots
+            self._last = (np.array(x, dtype=np.float64), cost)
+        return cost, self.rmatvec(r), Ax
 
     def optimality(self, x, grad) -> float:
         return relative_optimality(x, grad, self.grad0_norm)
@@ -147,12 +161,19 @@ class LeastSquares:
     def elapsed(self) -> float:
         return time.perf_counter() - self._t0
 
-    def record(self, cost: float, optimality: float = np.nan) -> None:
+    def record(self, cost: float, optimality: float = np.nan, x=None) -> None:
+        """Append one iteration to :attr:`history` and report it to the progress callback,
+        with the iterate ``x`` when the solver gives it (else the last evaluated point)."""
         h = self.history
         h["time"].append(self.elapsed())
         h["passes"].append(self.passes)
         h["cost"].append(float(cost))
         h["optimality"].append(float(optimality))
+        if self._progress is not None:
+            if x is not None:
+                self._last = (np.array(x, dtype=np.float64), float(cost))
+            step = {k: v[-1] for k, v in h.items()}
+            self._progress(dict(step, it=len(h["cost"]) - 1), *self._last)
 
     def check_x0(self, x0) -> np.ndarray:
         """A validated float64 copy of a warm start ``x0 (n,)`` (finite, ≥ 0)."""

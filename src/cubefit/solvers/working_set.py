@@ -67,15 +67,17 @@ def nnls_working_set(A, y=None, *, x0=None, gtol: float = 1e-6, ftol: float = 1e
     n = prob.n
     b = prob.b
     tau = vtol * prob.grad0_norm
-    if x0 is None:
-        x = np.zeros(n)
-        cost, grad = 0.5 * float(prob.y @ prob.y), -b
-    else:
-        x = prob.check_x0(x0)
-        cost, grad, _ = prob.evaluate(x)
+    x = np.zeros(n) if x0 is None else prob.check_x0(x0)
+    cost, grad = 0.5 * float(prob.y @ prob.y), -b
     W = np.flatnonzero(x > 0)
     cache = _ColumnCache(prob, column_cache_bytes)
     Q = cache.gram_rows(W[:0], W)
+    if W.size:
+        # A warm start only seeds W: its values are not the restricted optimum (a snapshot
+        # of an iterative run is not), and the KKT loop below assumes they are.
+        x = np.zeros(n)
+        x[W] = nnls_on_gram(Q, b[W])
+        cost, grad, _ = prob.evaluate(x)
     in_W = np.zeros(n, bool)
     in_W[W] = True
     nit, status, message, prev = 0, 0, None, None
