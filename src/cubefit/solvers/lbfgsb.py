@@ -7,7 +7,10 @@ adjoint pass.  SciPy's own tests (``ftol``/``gtol`` of L-BFGS-B) are switched of
 that the KKT + cost-change rule of :mod:`.stopping` decides, once per L-BFGS-B
 iteration, from the gradient of the accepted point (which the line search has just
 evaluated, so the test costs no pass).  SciPy stops by itself only when its line
-search cannot make progress (rounding), or at the iteration / evaluation limits.
+search cannot make progress along the quasi-Newton direction, or at the iteration /
+evaluation limits; in the first case the run is restarted from that point with an
+empty memory (on nearly collinear templates the stored curvature pairs can point
+the search into a corner it cannot leave), until a whole run gains nothing.
 """
 from __future__ import annotations
 
@@ -67,26 +70,37 @@ def lbfgsb(A, y=None, *, x0=None, gtol: float = 1e-6, ftol: float = 1e-12, windo
         if check(intermediate_result.x):
             raise StopIteration      # SciPy ends the run and returns this iterate
 
-    res = None
+    runs, status, message = 0, None, None
     if not check(x):
-        # 2 passes per evaluation, and Aᵀỹ already spent one.
-        maxfun = 10**9 if max_passes is None else max(1, (max_passes - prob.passes) // 2)
-        res = minimize(fun, x, jac=True, method="L-BFGS-B",
-                       bounds=Bounds(np.zeros(prob.n), np.inf), callback=callback,
-                       options=dict(maxcor=int(maxcor), ftol=0.0, gtol=0.0, maxiter=int(max_iter),
-                                    maxfun=maxfun, maxls=50))
-        x = np.maximum(res.x, 0.0)   # the bounds hold exactly; the max only guards -0.0
+        while True:
+            # 2 passes per evaluation, and Aᵀỹ already spent one.
+            maxfun = 10**9 if max_passes is None else max(1, (max_passes - prob.passes) // 2)
+            start_cost = fun(x)[0]
+            res = minimize(fun, x, jac=True, method="L-BFGS-B",
+                           bounds=Bounds(np.zeros(prob.n), np.inf), callback=callback,
+                           options=dict(maxcor=int(maxcor), ftol=0.0, gtol=0.0,
+                                        maxiter=max(1, int(max_iter) - state["nit"]),
+                                        maxfun=maxfun, maxls=50))
+            runs += 1
+            x = np.maximum(res.x, 0.0)   # the bounds hold exactly; the max only guards -0.0
+            status = state["status"]
+            if status is not None or res.status == 1 or limit_reached(prob, state["nit"],
+                                                                        max_iter, max_passes):
+                break
+            # SciPy's line search found no decrease along its quasi-Newton direction.  A
+            # fresh start (steepest descent, empty memory) often goes on; stop when a
+            # whole run gained nothing.
+            if fun(x)[0] >= start_cost * (1 - ftol):
+                break
     cost, grad = fun(x)
     opt = prob.optimality(x, grad)
-    status, message = state["status"], None
     if status is None:
-        if res is None or res.status == 1 or limit_reached(prob, state["nit"], max_iter, max_passes):
-            status = 0
-        else:
-            # SciPy's line search could not lower the cost any more: settled by rounding.
-            status = 1 if opt <= gtol else 2
-            message = f"L-BFGS-B stopped by itself ({res.message}); " + (
+        if not limit_reached(prob, state["nit"], max_iter, max_passes) and runs and res.status != 1:
+            status = 1 if opt <= gtol else 2        # settled: rounding stops every direction
+            message = f"L-BFGS-B stopped by itself after {runs} run(s) ({res.message}); " + (
                 "KKT test passed" if status == 1 else f"optimality {opt:.3g} > gtol={gtol:g}")
-        if not prob.history["cost"] or prob.history["cost"][-1] != cost:
+        else:
+            status = 0
+        if prob.history["cost"][-1] != cost:
             prob.record(cost, opt)
     return prob.result("lbfgsb", x, cost, opt, state["nit"], status, message)
