@@ -181,3 +181,20 @@ def test_solve_streams_every_iteration_to_the_callback():
             assert cost == pytest.approx(0.5 * r @ r, rel=1e-12)
     solve(A, y, method="working_set")  # no callback left installed afterwards
     assert len(seen) == len(res.history["cost"])
+
+
+def test_auto_method_follows_the_benchmark_rule():
+    from cubefit.solvers import GRAM_MAX_UNKNOWNS, auto_method
+    from cubefit.solvers.priors import with_priors
+    rng = np.random.default_rng(0)
+    A = rng.random((40, 12))
+    y = rng.random(40)
+    assert auto_method(A) == "working_set"
+    assert auto_method(with_priors(A, y, orbit_weights=[0.5, 0.5], pop_shape=(6,),
+                                   light=np.ones(12), data_light=1.0)) == "working_set"
+    assert auto_method(with_priors(A, y, regul=1.0, pop_shape=(2, 6))) == "gram"
+
+    class Wide:
+        shape = (10, GRAM_MAX_UNKNOWNS + 1)
+        blocks = {"ridge": GRAM_MAX_UNKNOWNS + 1}
+    assert auto_method(Wide()) == "newton_cg"
