@@ -197,4 +197,4 @@ def test_auto_method_follows_the_benchmark_rule():
     class Wide:
         shape = (10, GRAM_MAX_UNKNOWNS + 1)
         blocks = {"ridge": GRAM_MAX_UNKNOWNS + 1}
-    assert auto_method(Wide()) == "newton_cg"
+    assert auto_method(Wide()) == "working_set"
