@@ -183,7 +183,8 @@ def run_solver(spec: dict, solver: str, budget: float) -> dict:
     """Solve ``spec`` with ``METHODS[solver]`` (default settings) in a fresh process.
 
     The process is killed once the solve has run ``budget`` seconds (the problem's
-    construction is not counted); the row then has ``cut=True`` and the history so far.
+    construction is not counted); the row then has ``cut=True``, the history so far, and
+    ``passes`` as of its last recorded iterate (a lower bound).
     A fresh process per solve keeps the solvers from sharing caches, allocator state
     or thread pools.
     """
@@ -230,8 +231,8 @@ def run_solver(spec: dict, solver: str, budget: float) -> dict:
         if row["cut"]:
             finite = [v for v in hist["optimality"] if np.isfinite(v)]
             row.update(status=None, optimality=finite[-1] if finite else np.nan,
-                       time=hist["time"][-1] if hist["cost"] else budget,
-                       passes=hist["passes"][-1] if hist["cost"] else 0, nonzero=None)
+                       time=budget, passes=hist["passes"][-1] if hist["cost"] else 0,
+                       nonzero=None)
     return row
 
 
