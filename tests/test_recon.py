@@ -115,3 +115,18 @@ def test_plot_spectra_best_and_worst(h5, tmp_path, small_mock):
     chi2 = spaxel_chi2(Y, reconstruct(h5, x), mask, 1 / noise**2)
     best, worst = (int(p.stem.split("_s")[1]) for p in files)
     assert chi2[best] == chi2.min() and chi2[worst] == chi2.max()
+
+
+def test_reconstruct_ignores_a_cube_in_another_norm_than_the_fit(h5, rng):
+    """x fitted in norm "data" while the cube holds "model" columns (converted after the
+    fit): Ŷ comes from the operator in the fit's norm, not from the mismatched cube."""
+    ref = direct(h5, "data", "sum")
+    S, C, P, L = ref.shape
+    x = sparse_x(rng, C, P)
+    with h5py.File(h5, "r+") as f:
+        f.create_group("/Fit").attrs["setting.norm_mode"] = "data"
+    expect = np.einsum("scpl,cp->sl", ref, x)
+    np.testing.assert_allclose(reconstruct(h5, x, out="/ModelCube"), expect, rtol=1e-5,
+                               atol=1e-5 * abs(expect).max())
+    with h5py.File(h5, "r") as f:
+        assert f["/ModelCube"].attrs["source"] == "matrix-free LOSVD operator"

@@ -167,6 +167,33 @@ def test_norm_mode_follows_the_built_hypercube(h5):
     assert read_fit(h5)[1]["setting.norm_mode"] == "model"
 
 
+def test_norm_mode_argument_without_a_cube_and_conflict_with_one(h5):
+    inp = read_inputs(h5)
+    Aw, yw = weighted(reference(inp, "model"), inp, read_lambda_weights(h5))
+    _, rnorm = nnls(Aw, yw, maxiter=20 * Aw.shape[1])
+    _, stats = PipelineRunner(h5).solve_all_mp_batched(norm_mode="model", track=False)
+    assert stats["settings"]["norm_mode"] == "model"
+    assert stats["cost"] == pytest.approx(0.5 * rnorm**2, rel=1e-8)
+
+    from cubefit.hypercube import build_hypercube
+    build_hypercube(h5, norm_mode="data", progress=False)
+    before = open(h5, "rb").read()
+    with pytest.raises(ValueError, match=r"built in norm_mode='data'; run convert_hypercube_norm"):
+        PipelineRunner(h5).solve_all_mp_batched(norm_mode="model", track=False)
+    with pytest.raises(ValueError, match=r"norm_mode: expected one of"):
+        PipelineRunner(h5).solve_all_mp_batched(norm_mode="flux", track=False)
+    assert open(h5, "rb").read() == before
+
+
+def test_the_lambda_weights_banner_is_printed_once(h5, capsys, caplog):
+    import logging
+    with caplog.at_level(logging.INFO):
+        PipelineRunner(h5).solve_all_mp_batched(track=False)
+    banner = [line for line in (capsys.readouterr().out + caplog.text).splitlines()
+              if "λ-weights" in line and "min" in line]
+    assert len(banner) == 1, banner
+
+
 def test_disabled_lambda_weights_are_not_applied(h5, populated, capsys):
     cfg = Config.from_env(environ={}, lambda_weights_enable=False)
     Aw, yw = weighted(populated["A"], populated["inp"], 1.0)

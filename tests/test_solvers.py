@@ -108,6 +108,25 @@ def test_working_set_without_column_cache(noisy):
     assert recomputed.cost == pytest.approx(cached.cost, rel=1e-12)
 
 
+def test_working_set_column_cache_stays_within_its_budget(noisy, monkeypatch):
+    """A cache with room for 5 columns holds at most 5, then falls back to recomputing;
+    the optimum is the same."""
+    import cubefit.solvers.working_set as ws
+    op = noisy["op"]
+    held = []
+    real = ws._ColumnCache.gram_rows
+
+    def spy(self, W, new):
+        rows = real(self, W, new)
+        held.append(sum(b.shape[0] for b in self.blocks) if self.blocks is not None else -1)
+        return rows
+
+    monkeypatch.setattr(ws._ColumnCache, "gram_rows", spy)
+    r = nnls_working_set(op, max_add=2, column_cache_bytes=8 * op.shape[0] * 5)
+    assert max(held) <= 5 and held[-1] == -1            # filled, then dropped
+    assert r.success and r.cost == pytest.approx(noisy["f_ref"], rel=1e-10)
+
+
 def test_working_set_from_partial_start(noisy):
     """A start with the wrong support still converges to the optimum."""
     x0 = np.zeros(noisy["op"].shape[1])

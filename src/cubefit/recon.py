@@ -39,8 +39,8 @@ def reconstruct(h5, x, out: str | None = None, spaxels=None, *,
 
     Parameters
     ----------
-    h5 : a populated file.  With a complete ``/HyperCube/models`` the columns are read
-        from it; otherwise the matrix-free operator computes them in the fit's
+    h5 : a populated file.  With a complete ``/HyperCube/models`` in the fit's
+        normalisation the columns are read from it; otherwise the matrix-free operator computes them in the fit's
         normalisation (``/Fit`` settings, else the cube's, else "data").
     x : ``(C·P,)`` or ``(C, P)`` population weights.
     out : dataset to write the result to (e.g. ``"/ModelCube"``), with units and the
@@ -52,7 +52,9 @@ def reconstruct(h5, x, out: str | None = None, spaxels=None, *,
     cfg = config or get_config()
     path = Path(h5)
     with open_h5(path, "r", config=cfg) as f:
-        use_cube = MODELS in f and _status(f).complete
+        # A cube converted to the other normalisation after the fit no longer matches x.
+        use_cube = MODELS in f and _status(f).complete \
+            and _status(f).settings.get("norm.mode") == fit_modes(f)[0]
         units = f["/DataCube"].attrs.get("units", SCHEMA["/ModelCube"][0]) if "/DataCube" in f \
             else SCHEMA["/ModelCube"][0]
     if use_cube:

@@ -11,8 +11,9 @@ What a call does:
 
 1. reads the fit's settings from the file: the normalisation (``norm.mode`` and
    ``amp_mode`` attributes of ``/HyperCube`` when a cube was built, else ``"data"`` and
-   ``"sum"`` as the manual's ``build_hypercube``), the population grid (``pop_shape``
-   attribute of ``/Templates``);
+   ``"sum"`` as the manual's ``build_hypercube``; ``norm_mode=`` chooses it when no
+   complete cube says otherwise), the population grid (``pop_shape`` attribute of
+   ``/Templates``);
 2. reads the λ-weights with :func:`cubefit.weights.read_lambda_weights` (which honours
    ``CUBEFIT_LAMBDA_WEIGHTS_ENABLE``/``_AUTO`` and may create them) and prints the
    manual's banner ``λ-weights: min … max … mean …`` over the good pixels;
@@ -108,6 +109,8 @@ from threadpoolctl import threadpool_limits
 
 from . import __version__
 from .config import Config, get_config
+from .hypercube import MODELS, _status
+from .losvd import NORM_MODES
 from .operator import LOSVDOperator
 from .solvers import solve
 from .solvers.priors import with_priors
@@ -307,13 +310,22 @@ class PipelineRunner:
                                     "H5Manager(...).populate_from_arrays(...) first")
         self.config = config or get_config()
 
-    def _file_settings(self) -> dict:
-        """Normalisation, population grid and fingerprint stored in the file."""
+    def _file_settings(self, norm_mode: str | None = None) -> dict:
+        """Normalisation (``norm_mode`` when given), population grid and fingerprint."""
+        if norm_mode is not None and norm_mode not in NORM_MODES:
+            raise ValueError(f"norm_mode: expected one of {NORM_MODES} or None (the file's), got "
+                             f"{norm_mode!r}")
         with open_h5(self.path, "r", config=self.config) as f:
             hc = f["/HyperCube"].attrs if "/HyperCube" in f else {}
             text = lambda v: v.decode() if isinstance(v, bytes) else str(v)  # noqa: E731
             pop = f["/Templates"].attrs.get("pop_shape") if "/Templates" in f else None
-            return {"norm_mode": text(hc.get("norm.mode", _DEFAULT_NORM)),
+            cube_norm = text(hc["norm.mode"]) if "norm.mode" in hc else None
+            if norm_mode is not None and cube_norm not in (None, norm_mode) \
+                    and MODELS in f and _status(f).complete:
+                raise ValueError(f"{self.path}: norm_mode={norm_mode!r}, but /HyperCube/models is "
+                                 f"built in norm_mode={cube_norm!r}; run convert_hypercube_norm("
+                                 f"h5, to_mode={norm_mode!r}) first, or leave norm_mode out")
+            return {"norm_mode": norm_mode or cube_norm or _DEFAULT_NORM,
                     "amp_mode": text(hc.get("amp_mode", _DEFAULT_AMP)),
                     "pop_shape": None if pop is None else tuple(int(v) for v in pop),
                     "has_x_global": "/X_global" in f, "has_noise": "/Noise" in f,
@@ -356,7 +368,8 @@ class PipelineRunner:
                              orbit_weights=None, pixels_per_aperture=None, method: str = "auto",
                              x0=None, tol: float = 1e-6, regul: float = 0.0, ridge: float = 0.0,
                              orbit_strength: float = 1.0, regul_order: int = 2,
-                             track: bool = True, resume: bool = False, **kw):
+                             track: bool = True, resume: bool = False,
+                             norm_mode: str | None = None, **kw):
         """Solve the global fit and write ``/X_global`` and ``/Fit``; returns ``(x, stats)``.
 
         Parameters
@@ -374,6 +387,9 @@ class PipelineRunner:
         regul, regul_order, ridge : Tikhonov and ridge priors
             (:mod:`cubefit.solvers.priors`), over the ``/Templates`` ``pop_shape`` grid.
         track : write a fit-tracker sidecar.
+        norm_mode : ``"data"`` or ``"model"`` (DESIGN §2); default: the hypercube's, else
+            ``"data"``.  With a complete hypercube in the other normalisation this is
+            an error (convert it first), so ``/X_global`` and the cube always agree.
         **kw : passed to the solver (e.g. ``max_iter``, ``max_passes``).
 
         Returns
@@ -403,7 +419,7 @@ class PipelineRunner:
                      "certified solvers stop on the KKT test (tol=%g) instead", seed_knobs, tol)
 
         t0 = time.perf_counter()
-        fs = self._file_settings()
+        fs = self._file_settings(norm_mode)
         w = self._lambda_weights()
         op = LOSVDOperator.from_h5(self.path, norm_mode=fs["norm_mode"], amp_mode=fs["amp_mode"],
                                    lambda_weights=w, use_ivar=True, config=self.config,

@@ -169,7 +169,8 @@ def read_lambda_weights(h5, *, config: Config | None = None) -> np.ndarray:
     * Otherwise the stored weights, raised to the floor ``config.lambda_min_w``;
       masked pixels are set to the floor (the mask itself is applied by callers).
 
-    The logged statistics are over good (unmasked) pixels.
+    The statistics logged (level DEBUG; the runner prints its own banner) are over
+    good (unmasked) pixels.
     """
     cfg = config or get_config()
     path = Path(h5)
@@ -198,11 +199,11 @@ def read_lambda_weights(h5, *, config: Config | None = None) -> np.ndarray:
                          "ensure_lambda_weights(..., overwrite=True)")
     w = np.maximum(w, cfg.lambda_min_w)
     w[~mask] = cfg.lambda_min_w
-    _log_stats(f"{path}:{dset} in use", w, mask)
+    _log_stats(f"{path}:{dset} in use", w, mask, logging.DEBUG)
     return w
 
 
-def _log_stats(what: str, w: np.ndarray, mask: np.ndarray) -> None:
+def _log_stats(what: str, w: np.ndarray, mask: np.ndarray, level: int = logging.INFO) -> None:
     g = w[mask]
-    log.info("λ-weights %s: min %.3g max %.3g mean %.3g over %d good pixels", what, g.min(), g.max(),
+    log.log(level, "λ-weights %s: min %.3g max %.3g mean %.3g over %d good pixels", what, g.min(), g.max(),
              g.mean(), g.size)

@@ -130,33 +130,30 @@ def _adaptive_add(prob: LeastSquares, round_times, w_size: int) -> int:
 class _ColumnCache:
     """Gram rows ``[Ã_W, Ã_new]ᵀ Ã_new`` for a growing working set ``W``.
 
-    While ``Ã_W`` fits in ``max_bytes`` its columns are kept (in a buffer that doubles
-    when full), so each round forms only the new columns and one matrix product;
-    once it does not, the buffer is dropped and every round's rows come from
-    :meth:`LeastSquares.gram`, which recomputes the columns of ``W``.
+    While ``Ã_W`` fits in ``max_bytes`` its columns are kept, one block per round
+    (appending a block copies nothing, so the cache never holds more than
+    ``max_bytes``), and each round forms only the new columns and one matrix product
+    per block; once they do not fit, the blocks are dropped and every round's rows
+    come from :meth:`LeastSquares.gram`, which recomputes the columns of ``W``.
     """
 
     def __init__(self, prob: LeastSquares, max_bytes: int):
         self.prob = prob
         self.max_cols = int(max_bytes) // (8 * max(prob.m, 1))
-        self.buf = np.empty((0, prob.m))    # Ã_Wᵀ, one column per row: contiguous products
-        self.k = 0                          # columns held in buf[:k]
+        self.blocks: list[np.ndarray] | None = []    # Ã_Wᵀ by rounds: rows are columns of Ã
+        self.k = 0                                    # columns held
 
     def gram_rows(self, W, new) -> np.ndarray:
         prob = self.prob
-        if self.buf is not None and W.size + new.size > self.max_cols:
-            self.buf = None
-        if self.buf is None:
+        if self.blocks is not None and W.size + new.size > self.max_cols:
+            self.blocks = None
+        if self.blocks is None:
             return prob.gram(np.concatenate([W, new]), new)
         A_new = prob.columns(new)                                        # (m, k_new)
         t = time.perf_counter()
-        if self.k + new.size > self.buf.shape[0]:
-            grown = np.empty((min(max(2 * self.buf.shape[0], self.k + new.size), self.max_cols),
-                              prob.m))
-            grown[:self.k] = self.buf[:self.k]
-            self.buf = grown
-        self.buf[self.k:self.k + new.size] = A_new.T
+        self.blocks.append(np.ascontiguousarray(A_new.T))
         self.k += new.size
-        rows = self.buf[:self.k] @ A_new
+        rows = np.concatenate([blk @ A_new for blk in self.blocks]) if new.size else \
+            np.empty((self.k, 0))
         prob.timings["gram"] += time.perf_counter() - t
         return rows
