@@ -5,6 +5,7 @@ Usage::
     python benchmarks/operator_apply.py                  # table at a few sizes
     python benchmarks/operator_apply.py --estimate       # + NGC 4365 extrapolation
     python benchmarks/operator_apply.py --json out.json  # also write the numbers
+    python benchmarks/operator_apply.py --backend cupy --no-dense --full   # on a GPU
 
 For each size the synthetic problem (random positive templates, Gauss–Hermite LOSVDs
 on ±1000 km/s, exact-overlap rebin) is applied three ways:
@@ -22,6 +23,12 @@ an apply allocates (tracemalloc, numpy buffers), ``held`` what stays allocated (
 or spectra cache).  ``--estimate`` times subsets of 64 and 256 spaxels (tiles of 16) at the NGC 4365
 size (S=2854, C=207, P=360, L=1247, T≈6500, V=201), fits ``t = t_fixed + S·t_spaxel``
 and extrapolates to all spaxels, without building the 1.06 TB cube.
+
+``--backend`` (``cupy``, ``torch``; :mod:`cubefit.backend`) runs the matrix-free rows and
+``--full`` on that library's device; ``memory_budget`` then counts device memory, and
+every apply's time includes copying ``x`` or ``r`` in and the result out (the solvers
+work on the host), so it is the time a solver sees.  The numpy rows of the same run
+are the CPU reference.
 """
 from __future__ import annotations
 
@@ -102,20 +109,22 @@ def timed(fn, repeat):
     return float(np.median(ts)), int(peak)
 
 
-def bench_size(S, C, P, L, repeat, dtype, workers, dense=True):
+def bench_size(S, C, P, L, repeat, dtype, workers, dense=True, backend="numpy"):
     args = synthetic(S, C, P, L)
     rng = np.random.default_rng(1)
     x = rng.uniform(0, 1, C * P)
     r = rng.standard_normal(S * L)
-    row = dict(S=S, C=C, P=P, L=L, T=args["tem_pix"].size)
-    op = LOSVDOperator(**args, dtype=dtype, memory_budget=16 * 2**30, workers=workers)
+    row = dict(S=S, C=C, P=P, L=L, T=args["tem_pix"].size, backend=backend)
+    op = LOSVDOperator(**args, dtype=dtype, memory_budget=16 * 2**30, workers=workers,
+                       backend=backend)
     t = time.perf_counter()
     op.precompute()
     row["spectra_s"] = time.perf_counter() - t
     row["cache_bytes"] = op.cache_info["cached_bytes"]
     row["mf_apply_s"], row["mf_apply_peak"] = timed(lambda: op.matvec(x), repeat)
     row["mf_adjoint_s"], row["mf_adjoint_peak"] = timed(lambda: op.rmatvec(r), repeat)
-    rec = LOSVDOperator(**args, dtype=dtype, memory_budget=1, workers=workers, tile=op.tile)
+    rec = LOSVDOperator(**args, dtype=dtype, memory_budget=1, workers=workers, tile=op.tile,
+                        backend=backend)
     row["mf_recompute_apply_s"], _ = timed(lambda: rec.matvec(x), max(1, repeat // 2))
     row["mf_recompute_adjoint_s"], _ = timed(lambda: rec.rmatvec(r), max(1, repeat // 2))
     if dense:
@@ -182,16 +191,16 @@ def estimate_ngc(repeat, dtype, workers, subsets=(64, 256), tile=16, dense_GBps=
     return res
 
 
-def full_ngc(repeat, dtype, workers, budget_gib):
+def full_ngc(repeat, dtype, workers, budget_gib, backend="numpy"):
     """One real matrix-free apply and adjoint at the full NGC 4365 size."""
     import resource
     g = NGC4365
     t = time.perf_counter()
     args = synthetic(g["S"], g["C"], g["P"], g["L"], V=g["V"], T=g["T"])
     op = LOSVDOperator(**args, dtype=dtype, memory_budget=int(budget_gib * 2**30),
-                       workers=workers, tile=16)
+                       workers=workers, tile=16 if backend == "numpy" else None, backend=backend)
     res = {"size": dict(g), "dtype": str(np.dtype(dtype)), "workers": workers,
-           "setup_s": time.perf_counter() - t}
+           "backend": backend, "tile": op.tile, "setup_s": time.perf_counter() - t}
     t = time.perf_counter()
     op.precompute()
     res["spectra_s"] = time.perf_counter() - t
@@ -206,7 +215,8 @@ def full_ngc(repeat, dtype, workers, budget_gib):
 
 def print_full(f):
     c = f["cache"]
-    print(f"\nNGC 4365 full size, measured ({f['dtype']}, {f['workers']} thread(s)): A "
+    print(f"\nNGC 4365 full size, measured ({f['backend']}, {f['dtype']}, {f['workers']} "
+          f"thread(s), tiles of {f['tile']} spaxels): A "
           f"{f['apply_s']:.2f} s, Aᵀ {f['adjoint_s']:.2f} s; {c['cached_tiles']}/{c['tiles']} "
           f"tiles cached ({fmt_bytes(c['cached_bytes'])}), spectra built in {f['spectra_s']:.1f} s; "
           f"peak RSS {fmt_bytes(f['max_rss_bytes'])}")
@@ -220,12 +230,12 @@ def fmt_bytes(n):
 
 
 def print_table(rows):
-    head = ("S", "C", "P", "L", "T", "dense cube", "dense A", "dense Aᵀ", "mf A", "mf Aᵀ",
+    head = ("backend", "S", "C", "P", "L", "T", "dense cube", "dense A", "dense Aᵀ", "mf A", "mf Aᵀ",
             "A ratio", "Aᵀ ratio", "mf A recomp", "mf Aᵀ recomp", "spectra held", "mf A peak")
     print(" | ".join(head))
     print("-|-".join("-" * len(h) for h in head))
     for r in rows:
-        cells = [r["S"], r["C"], r["P"], r["L"], r["T"],
+        cells = [r["backend"], r["S"], r["C"], r["P"], r["L"], r["T"],
                  fmt_bytes(r.get("dense_bytes", float("nan"))),
                  f"{r.get('dense_apply_s', float('nan')) * 1e3:.1f} ms",
                  f"{r.get('dense_adjoint_s', float('nan')) * 1e3:.1f} ms",
@@ -266,6 +276,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--estimate", action="store_true", help="add the NGC 4365 extrapolation")
     ap.add_argument("--only-estimate", action="store_true", help="skip the size table")
+    ap.add_argument("--no-table", action="store_true", help="skip the size table (e.g. with --full)")
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--dtype", choices=("float32", "float64"), default="float64")
     ap.add_argument("--workers", type=int, default=1, help="threads over spaxel tiles")
@@ -274,21 +285,26 @@ def main(argv=None):
                          "in float32 with the whole cache; less with --budget-gib)")
     ap.add_argument("--budget-gib", type=float, default=16.0,
                     help="memory budget of the --full operator (GiB)")
+    ap.add_argument("--backend", default="numpy",
+                    help="array backend of the matrix-free rows and --full (numpy, cupy, torch)")
+    ap.add_argument("--no-dense", action="store_true", help="skip the materialised cube")
     ap.add_argument("--json", metavar="PATH", help="write all numbers to this JSON file")
     a = ap.parse_args(argv)
     out = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0],
                        "numpy": np.__version__, "platform": platform.platform()},
            "dtype": a.dtype, "workers": a.workers, "sizes": []}
-    if not a.only_estimate:
+    if not (a.only_estimate or a.no_table):
         for S, C, P, L in SIZES:
-            out["sizes"].append(bench_size(S, C, P, L, a.repeat, a.dtype, a.workers))
+            out["sizes"].append(bench_size(S, C, P, L, a.repeat, a.dtype, a.workers,
+                                           dense=not a.no_dense, backend=a.backend))
         print_table(out["sizes"])
     if a.estimate or a.only_estimate:
         bw = max((r["dense_GBps"] for r in out["sizes"]), default=None)
         out["ngc4365"] = estimate_ngc(max(2, a.repeat // 2), a.dtype, a.workers, dense_GBps=bw)
         print_estimate(out["ngc4365"])
     if a.full:
-        out["ngc4365_full"] = full_ngc(max(2, a.repeat // 2), a.dtype, a.workers, a.budget_gib)
+        out["ngc4365_full"] = full_ngc(max(2, a.repeat // 2), a.dtype, a.workers, a.budget_gib,
+                                       a.backend)
         print_full(out["ngc4365_full"])
     if a.json:
         with open(a.json, "w") as f:

@@ -116,6 +116,12 @@ class Config:
                                      "Or flush when this many seconds have passed.", "tracker")
     rmse_stride: int = _knob(16, "CUBEFIT_RMSE_STRIDE", "Enqueue every Nth RMSE sample.", "tracker")
 
+    # --- Compute -------------------------------------------------------------------
+    backend: str = _knob("numpy", "CUBEFIT_BACKEND",
+                         "Array backend of the matrix-free operator's applies: numpy, cupy, "
+                         "torch or array_api_strict (see cubefit.backend); GPU backends need "
+                         "pip install 'cubefit[gpu]' (CuPy) or PyTorch.", "compute")
+
     # --- Data and caches -----------------------------------------------------------
     cache_dir: str = _knob("", "CUBEFIT_CACHE_DIR",
                            "Cache for downloaded template libraries "

@@ -28,7 +28,7 @@ from scipy.integrate import trapezoid
 from . import C_KMS
 
 __all__ = ["check_vel_grid", "check_losvd", "kernel_half_width", "pixel_velocities",
-           "losvd_kernels", "losvd_amplitudes", "fft_length", "kernel_spectra",
+           "losvd_kernels", "losvd_amplitudes", "fft_length", "kernel_layout", "kernel_spectra",
            "convolve_kernels", "gauss_hermite_losvd", "norm_factors", "AMP_MODES", "NORM_MODES"]
 
 AMP_MODES = ("sum", "trapz")
@@ -200,14 +200,10 @@ def fft_length(n_pix: int, K: int) -> int:
     return scipy.fft.next_fast_len(int(n_pix) + 2 * int(K), real=True)
 
 
-def kernel_spectra(kernels, nfft: int) -> np.ndarray:
-    """rfft ``(..., nfft//2 + 1)`` of kernels ``(..., 2K+1)`` laid out for convolution.
-
-    Shift ``k`` is placed at index ``k mod nfft`` (``h(0)`` at 0, negative shifts at
-    the end), so ``irfft(rfft(f, nfft) * kernel_spectra(h, nfft), nfft)[..., :T]``
-    is ``Σ_k h(k) f[t - k]`` with no wrap-around when ``nfft ≥ T + K``
-    (see :func:`fft_length`).  Cache these to reuse one template FFT for many kernels.
-    """
+def kernel_layout(kernels, nfft: int) -> np.ndarray:
+    """Kernels ``(..., 2K+1)`` zero-padded to ``(..., nfft)`` with shift ``k`` at index
+    ``k mod nfft`` (``h(0)`` at 0, negative shifts at the end): the real signal whose
+    rfft is :func:`kernel_spectra`."""
     h = np.asarray(kernels)
     n_k = h.shape[-1]
     if n_k % 2 != 1:
@@ -218,7 +214,18 @@ def kernel_spectra(kernels, nfft: int) -> np.ndarray:
     padded = np.zeros(h.shape[:-1] + (nfft,), dtype=np.result_type(h, np.float32))
     padded[..., :n_k] = h
     # h(k) sits at index k + K; rolling by -K moves it to k mod nfft.
-    return scipy.fft.rfft(np.roll(padded, -K, axis=-1), axis=-1)
+    return np.roll(padded, -K, axis=-1)
+
+
+def kernel_spectra(kernels, nfft: int) -> np.ndarray:
+    """rfft ``(..., nfft//2 + 1)`` of kernels ``(..., 2K+1)`` laid out for convolution.
+
+    Shift ``k`` is placed at index ``k mod nfft`` (:func:`kernel_layout`), so
+    ``irfft(rfft(f, nfft) * kernel_spectra(h, nfft), nfft)[..., :T]``
+    is ``Σ_k h(k) f[t - k]`` with no wrap-around when ``nfft ≥ T + K``
+    (see :func:`fft_length`).  Cache these to reuse one template FFT for many kernels.
+    """
+    return scipy.fft.rfft(kernel_layout(kernels, nfft), axis=-1)
 
 
 def convolve_kernels(spec, kernels) -> np.ndarray:

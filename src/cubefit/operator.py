@@ -36,6 +36,15 @@ The objective ``f(x) = ½ Σ_s Σ_l m_l w_l ι[s,l] (Y[s,l] − (A x)[s,l])²`` 
 Kernel spectra ``g[s,c]·ĥ_sc`` are computed per tile of spaxels and kept for the
 following applies while the cache fits in ``memory_budget``; tiles beyond it are
 recomputed at every apply (same code, bit-identical results).
+
+Backends
+--------
+The applies run on a :class:`cubefit.backend.Backend`: numpy + :mod:`scipy.fft` + a
+sparse rebin by default, or an Array API library (CuPy, PyTorch) on a GPU, where the
+kernel spectra, FFTs and the rebin live on the device and only ``x (C·P,)`` and the
+residuals ``(S·L,)`` cross to the host.  Explicit columns (:meth:`LOSVDOperator.gram`,
+:meth:`~LOSVDOperator.columns`, :meth:`~LOSVDOperator.column_energy`) are formed on
+the host in every case.
 """
 from __future__ import annotations
 
@@ -47,9 +56,10 @@ import scipy.fft
 import scipy.sparse as sp
 from scipy.sparse.linalg import LinearOperator
 
+from .backend import get_backend
 from .grids import check_log_grid, edges_from_centres, rebin_matrix
 from .losvd import (AMP_MODES, NORM_MODES, check_losvd, check_vel_grid, fft_length,
-                    kernel_half_width, kernel_spectra, losvd_amplitudes, losvd_kernels,
+                    kernel_half_width, kernel_layout, losvd_amplitudes, losvd_kernels,
                     norm_factors)
 
 __all__ = ["LOSVDOperator", "DEFAULT_MEMORY_BUDGET"]
@@ -110,9 +120,13 @@ class LOSVDOperator:
         cache and the memory traffic; accumulations stay in that precision).
     memory_budget : bytes for cached kernel spectra plus each worker's work arrays
         (one tile's spectra when they are not cached, FFT buffers); see :attr:`cache_info`.
-    tile : spaxels per tile (default: chosen from the budget, at most 64).
+    tile : spaxels per tile (default: chosen from the budget, at most 64 on numpy and
+        all spaxels on a device backend).
     workers : threads that process spaxel tiles concurrently (numpy, BLAS and FFT
-        calls release the GIL, so 2 threads use 2 cores).
+        calls release the GIL, so 2 threads use 2 cores); 1 on a device backend.
+    backend, device : where the applies run (:func:`cubefit.backend.get_backend`):
+        ``"numpy"`` (default), ``"cupy"``, ``"torch"`` or ``"array_api_strict"``; on a
+        device backend ``memory_budget`` counts device memory.
 
     Attributes: sizes ``S, C, P, L, T``, kernel half-width ``K``, FFT length ``nfft``
     and ``F = nfft//2 + 1``; ``shape = (S·L, C·P)``; LOSVD amplitudes ``amp (S, C)``
@@ -123,7 +137,7 @@ class LOSVDOperator:
                  norm_mode: str = "model", amp_mode: str = "sum", data_flux=None, datacube=None,
                  mask=None, lambda_weights=None, ivar=None, dtype=np.float64,
                  memory_budget: int = DEFAULT_MEMORY_BUDGET, tile: int | None = None,
-                 workers: int = 1):
+                 workers: int = 1, backend="numpy", device=None):
         self.dtype = np.dtype(dtype)
         if self.dtype not in _DTYPES:
             raise ValueError(f"dtype: expected float64 or float32, got {self.dtype}")
@@ -167,7 +181,9 @@ class LOSVDOperator:
                              f"{type(R).__name__} of shape {getattr(R, 'shape', None)}; "
                              "build it with cubefit.grids.rebin_matrix(tem_pix, obs_pix)")
         self._R = sp.csr_matrix(R, dtype=self.dtype)
-        self._Rt = self._R.T.tocsr()
+        self._be = be = get_backend(backend, device)
+        self._rebin = be.rebin(self._R, self.dtype)                 # z (T, k) ↦ R z (L, k)
+        self._rebin_t = be.rebin(self._R.T.tocsr(), self.dtype)     # u (L, k) ↦ Rᵀ u (T, k)
 
         m = np.ones(L, bool) if mask is None else np.asarray(mask)
         if m.shape != (L,) or m.dtype != bool:
@@ -200,7 +216,9 @@ class LOSVDOperator:
 
         self._templates = Tm.astype(self.dtype)
         self._That = None          # rfft of the templates, made on first use by the column blocks
-        self.workers = max(1, int(workers))
+        self._templates_dev = be.asarray(self._templates)
+        self._d_dev = be.asarray(self._d)
+        self.workers = max(1, int(workers)) if be.is_numpy else 1
         self._plan_tiles(int(memory_budget), tile)
 
     # -- construction helpers ----------------------------------------------------------
@@ -212,12 +230,14 @@ class LOSVDOperator:
         ``lambda_weights``: ``"auto"`` uses the file's λ-weights dataset
         (``Config.lambda_weights_dset``) when present and ``Config.lambda_weights_enable``,
         ``None`` disables them, an ``(L,)`` array overrides them.  ``use_ivar``: weight
-        by ``1/Noise²`` when ``/Noise`` is stored.  Other keywords go to the constructor.
+        by ``1/Noise²`` when ``/Noise`` is stored.  ``backend`` defaults to
+        ``Config.backend`` (``CUBEFIT_BACKEND``).  Other keywords go to the constructor.
         """
         from .config import get_config
         from .store import open_h5, read_inputs
 
         cfg = config or get_config()
+        kwargs.setdefault("backend", cfg.backend)
         inp = read_inputs(path, config=cfg)
         if isinstance(lambda_weights, str):
             if lambda_weights != "auto":
@@ -277,7 +297,8 @@ class LOSVDOperator:
         spec_bytes = self.C * self.F * self.cdtype.itemsize            # g·ĥ of one spaxel
         per_spaxel = spec_bytes + 4 * self.nfft * self.dtype.itemsize
         if tile is None:
-            tile = int(min(64, max(1, budget // (4 * per_spaxel * self.workers))))
+            cap = 64 if self._be.is_numpy else self.S      # a device wants few, large launches
+            tile = int(min(cap, max(1, budget // (4 * per_spaxel * self.workers))))
         tile = int(tile)
         if tile < 1:
             raise ValueError(f"tile: expected a positive number of spaxels, got {tile}")
@@ -327,10 +348,13 @@ class LOSVDOperator:
         cached = self._cache[i]
         if cached is not None:
             return cached
+        be = self._be
         sl = self._tiles[i]
-        if i < self._n_cached:
-            out = np.empty((self.F, sl.stop - sl.start, self.C), dtype=self.cdtype)
-            self._cache[i] = out
+        shape = (self.F, sl.stop - sl.start, self.C)
+        if i < self._n_cached or not be.is_numpy:
+            out = be.empty(shape, self.cdtype)
+            if i < self._n_cached:
+                self._cache[i] = out
         else:
             buf = getattr(self._scratch, "spectra", None)
             if buf is None:
@@ -342,8 +366,9 @@ class LOSVDOperator:
             j1 = min(j0 + step, sl.stop)
             h = losvd_kernels(self._H[j0:j1], self._vel, self.dlog_t, K=self.K, axis=1)
             h *= self.g[j0:j1, :, None]                                     # (n, C, 2K+1)
-            spec = kernel_spectra(h.astype(self.dtype, copy=False), self.nfft)   # (n, C, F)
-            out[:, j0 - sl.start:j1 - sl.start] = spec.transpose(2, 0, 1)
+            padded = be.asarray(kernel_layout(h.astype(self.dtype, copy=False), self.nfft))
+            spec = be.rfft(padded, self.nfft, -1)                           # (n, C, F)
+            out[:, j0 - sl.start:j1 - sl.start, :] = be.permute(spec, (2, 0, 1))
         return out
 
     def _map_tiles(self, fn):
@@ -369,20 +394,24 @@ class LOSVDOperator:
         return x.reshape(self.C, self.P).astype(self.dtype, copy=False)
 
     def _forward(self, x, weighted: bool) -> np.ndarray:
-        M = self._x_matrix(x) @ self._templates                                      # (C, T)
-        Mh = np.ascontiguousarray(scipy.fft.rfft(M, self.nfft, axis=-1).T)[:, :, None]  # (F, C, 1)
-        out = np.empty((self.S, self.L), dtype=self.dtype)
+        be, xp = self._be, self._be.xp
+        M = be.asarray(self._x_matrix(x)) @ self._templates_dev                     # (C, T)
+        Mh = be.permute(be.rfft(M, self.nfft, -1), (1, 0))                         # (F, C)
+        if be.is_numpy:                 # contiguous rows: numpy's batched matmul is faster
+            Mh = np.ascontiguousarray(Mh)
+        Mh = Mh[:, :, None]
+        out = be.empty((self.S, self.L), self.dtype)
 
         def tile(i):
             sl = self._tiles[i]
-            Z = np.matmul(self._spectra(i), Mh)[:, :, 0]                   # (F, St) Σ_c g ĥ M̂
-            z = scipy.fft.irfft(Z, self.nfft, axis=0)[:self.T]             # (T, St) linear conv
-            y = (self._R @ z).T                                            # (St, L)
-            out[sl] = y * self._d[sl] if weighted else y
+            Z = xp.matmul(self._spectra(i), Mh)[:, :, 0]                   # (F, St) Σ_c g ĥ M̂
+            z = be.irfft(Z, self.nfft, 0)[:self.T, :]                      # (T, St) linear conv
+            y = be.permute(self._rebin(z), (1, 0))                         # (St, L)
+            out[sl, :] = y * self._d_dev[sl, :] if weighted else y
 
         for _ in self._map_tiles(tile):
             pass
-        return out
+        return be.to_numpy(out)
 
     def matvec(self, x) -> np.ndarray:
         """``Ã x`` as ``(S·L,)``: weighted model of ``x (C·P,)`` (row ``s·L + l``)."""
@@ -401,22 +430,22 @@ class LOSVDOperator:
         if r.shape not in ((self.S * self.L,), (self.S, self.L)):
             raise ValueError(f"r: expected ({self.S * self.L},) = S·L residuals (or (S, L)), got "
                              f"shape {r.shape}")
-        r = r.reshape(self.S, self.L)
+        be, xp = self._be, self._be.xp
+        r = be.asarray(r.reshape(self.S, self.L), self.dtype)
 
         def tile(i):
             sl = self._tiles[i]
-            u = (r[sl] * self._d[sl]).astype(self.dtype, copy=False)         # (St, L)
-            v = self._Rt @ u.T                                              # (T, St) = Rᵀ u
-            Vc = scipy.fft.rfft(v, self.nfft, axis=0).conj()                # (F, St), zero pad
+            u = r[sl, :] * self._d_dev[sl, :]                                # (St, L)
+            v = self._rebin_t(be.permute(u, (1, 0)))                        # (T, St) = Rᵀ u
+            Vc = xp.conj(be.rfft(v, self.nfft, 0))                          # (F, St), zero pad
             # Σ_s conj(V̂) ĝĥ = conj(Σ_s conj(ĝĥ) V̂): one batched (1×St)·(St×C) per frequency.
-            return np.matmul(Vc[:, None, :], self._spectra(i))[:, 0, :]      # (F, C)
+            return xp.matmul(Vc[:, None, :], self._spectra(i))[:, 0, :]      # (F, C)
 
-        Gh = np.zeros((self.F, self.C), dtype=self.cdtype)
+        Gh = None
         for part in self._map_tiles(tile):
-            Gh += part
-        Gh = Gh.conj()                                                      # (F, C)
-        G = scipy.fft.irfft(Gh.T, self.nfft, axis=-1)[:, :self.T]           # (C, T) correlation
-        return (G @ self._templates.T).ravel()
+            Gh = part if Gh is None else Gh + part
+        G = be.irfft(be.permute(xp.conj(Gh), (1, 0)), self.nfft, -1)[:, :self.T]   # (C, T)
+        return be.to_numpy(xp.reshape(G @ be.permute(self._templates_dev, (1, 0)), (-1,)))
 
     def weighted_data(self, datacube=None) -> np.ndarray:
         """``ỹ = d ⊙ Y`` as ``(S·L,)`` (default ``Y``: the ``datacube`` given at construction)."""
@@ -486,7 +515,7 @@ class LOSVDOperator:
         B = np.empty((step, self.L, cols.size), dtype=self.dtype)
         prod = np.empty((self.F, step, k_max), dtype=self.cdtype)
         for i, sl in enumerate(self._tiles):
-            spec = self._spectra(i)                                              # (F, St, C)
+            spec = self._be.to_numpy(self._spectra(i))                           # (F, St, C)
             for j0 in range(0, sl.stop - sl.start, step):
                 st = min(step, sl.stop - sl.start - j0)
                 for c, sel, Tp in groups:
