@@ -94,8 +94,9 @@ def emiles_library() -> TemplateLibrary:
     return TemplateLibrary.from_emiles(velscale=VELSCALE, lam_range=(3800.0, 7400.0))
 
 
-def build_problem(kind: str, S: int, C: int, P: int, L: int, lib: TemplateLibrary, seed: int = 0):
-    """``(op, mock)``: the weighted operator (spectra cached) and its mock galaxy."""
+def build_problem(kind: str, S: int, C: int, P: int, L: int, lib: TemplateLibrary, seed: int = 0,
+                  backend: str = "numpy"):
+    """``(op, mock)``: the weighted operator (spectra cached, on ``backend``) and its mock."""
     ny = int(round(math.sqrt(S)))
     if ny * ny != S:
         raise ValueError(f"S={S}: the mock field is square, pass a square number of spaxels")
@@ -121,7 +122,8 @@ def build_problem(kind: str, S: int, C: int, P: int, L: int, lib: TemplateLibrar
     hi = min(mock.tem_pix.size, int(np.searchsorted(mock.tem_pix, mock.obs_pix[-1])) + K + OBS_STEP)
     op = LOSVDOperator(mock.templates[:, lo:hi], mock.tem_pix[lo:hi], mock.obs_pix, mock.vel_pix,
                        mock.losvd, datacube=mock.datacube, mask=mock.mask,
-                       ivar=1.0 / mock.noise**2, workers=2, memory_budget=4 * 2**30)
+                       ivar=1.0 / mock.noise**2, workers=2, memory_budget=4 * 2**30,
+                       backend=backend)
     op.precompute()
     return op, mock
 
@@ -152,7 +154,7 @@ def _solve_in_child(spec: dict, solver: str, conn) -> None:
     ``("skipped", reason)``.
     """
     op, _ = build_problem(spec["kind"], spec["S"], spec["C"], spec["P"], spec["L"],
-                          emiles_library())
+                          emiles_library(), backend=spec.get("backend", "numpy"))
     conn.send(("apply",) + apply_times(op))
     A = op if spec["regul"] == 0 else with_priors(op, regul=spec["regul"], regul_order=2,
                                                   pop_shape=POP_SHAPE)
@@ -256,7 +258,7 @@ def thin(history: dict, keep: int = 2000) -> dict:
 
 # -- the benchmark ---------------------------------------------------------------------------
 def bench_problem(spec: dict, solvers, budget: float) -> dict:
-    label = "{kind} {S}x{C}x{P}x{L} regul={regul:g}".format(**spec)
+    label = "{kind} {S}x{C}x{P}x{L} regul={regul:g} on {backend}".format(**spec)
     rows = []
     for name in solvers:
         print(f"  {label}: {name} ...", end="", flush=True)
@@ -307,6 +309,8 @@ def main(argv=None) -> int:
     ap.add_argument("--regul", default=f"0,{REGUL:g}", help="comma-separated Tikhonov strengths")
     ap.add_argument("--budget", type=float, default=None,
                     help="seconds per solve before it is cut (default 90, 20 with --quick)")
+    ap.add_argument("--backend", default="numpy",
+                    help="array backend of the operator (numpy, cupy, torch: cubefit.backend)")
     ap.add_argument("--json", help="write all results (histories thinned) to this file")
     args = ap.parse_args(argv)
 
@@ -327,7 +331,7 @@ def main(argv=None) -> int:
     for (S, C, P, L) in sizes:
         for kind in args.kinds.split(","):
             for regul in reguls:
-                spec = dict(kind=kind, S=S, C=C, P=P, L=L, regul=regul)
+                spec = dict(kind=kind, S=S, C=C, P=P, L=L, regul=regul, backend=args.backend)
                 res = bench_problem(spec, solvers, budget)
                 print_table(res)
                 for r in res["rows"]:

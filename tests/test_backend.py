@@ -67,10 +67,15 @@ def test_uncached_tiles_and_explicit_columns(pb, dense, name):
     assert op.cache_info["cached_tiles"] == 0
     x = np.random.default_rng(2).uniform(0, 1, dense.shape[1])
     np.testing.assert_allclose(op.matvec(x), dense @ x, rtol=1e-6, atol=1e-10 * abs(dense @ x).max())
-    cols = np.array([0, 4, 7, 13])
-    op_gram = build(pb, backend=name)                            # gram works on the host
-    np.testing.assert_allclose(op_gram.gram(cols, cols), dense[:, cols].T @ dense[:, cols],
-                               rtol=1e-6)
+    full = dense.T @ dense
+    for o in (build(pb, backend=name), build(pb, backend=name, tile=2)):   # one tile, several
+        np.testing.assert_allclose(o.gram(), full, rtol=1e-6, atol=1e-9 * abs(full).max())
+        rows, cols = np.array([13, 0, 7, 4]), np.array([2, 13, 5])
+        np.testing.assert_allclose(o.gram(rows, cols), full[np.ix_(rows, cols)], rtol=1e-6,
+                                   atol=1e-9 * abs(full).max())
+        np.testing.assert_allclose(o.columns(rows), dense[:, rows], rtol=1e-6,
+                                   atol=1e-9 * abs(dense).max())
+        np.testing.assert_allclose(o.column_energy().ravel(), np.diag(full), rtol=1e-6)
 
 
 @pytest.mark.parametrize("name", NAMES)

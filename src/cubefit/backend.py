@@ -73,6 +73,12 @@ class Backend:
             return np.empty(shape, dtype=dtype)
         return self.xp.empty(shape, dtype=self.dtype(dtype), device=self.device)
 
+    def astype(self, a, dtype):
+        """``a`` in ``dtype`` (no copy when it already is, on numpy)."""
+        if self.is_numpy:
+            return a.astype(dtype, copy=False)
+        return self.xp.astype(a, self.dtype(dtype))
+
     def permute(self, a, axes):
         """``a`` with its axes permuted (a view where the library allows)."""
         return a.transpose(axes) if self.is_numpy else self.xp.permute_dims(a, axes)
@@ -137,5 +143,5 @@ def get_backend(name: str | Backend = "numpy", device=None) -> Backend:
         import torch
         device = "cuda" if torch.cuda.is_available() else "cpu"
     return Backend(name, xp, device,
-                   lambda a, n, axis: xp.fft.rfft(a, n=n, axis=axis),
-                   lambda a, n, axis: xp.fft.irfft(a, n=n, axis=axis))
+                   lambda a, n, axis, workers=None: xp.fft.rfft(a, n=n, axis=axis),
+                   lambda a, n, axis, workers=None: xp.fft.irfft(a, n=n, axis=axis))

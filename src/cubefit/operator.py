@@ -491,43 +491,52 @@ class LOSVDOperator:
     def _blocks(self, cols):
         """Yield ``(rows, B)``: the weighted columns ``Ã[:, cols]`` of a chunk of spaxels.
 
-        ``rows`` is the chunk's spaxel slice and ``B`` has shape ``(st, L, k)``,
+        ``cols`` must be sorted and unique.  ``rows`` is the chunk's spaxel slice and
+        ``B`` (a backend array) has shape ``(st, L, k)``,
         ``B[j, l, i] = d[s,l] · A[s, c_i, p_i, l]`` for the chunk's ``j``-th spaxel ``s``
-        (so ``B.reshape(st·L, k)`` are rows of ``Ã``).  ``B`` is a reused buffer: use it
-        before asking for the next chunk.  Each column costs one inverse FFT per
+        (so ``B.reshape(st·L, k)`` are rows of ``Ã``).  ``B`` may be a reused buffer: use
+        it before asking for the next chunk.  Each column costs one inverse FFT per
         spaxel, ``irfft(g ĥ_sc ⊙ T̂_p)``, batched per component as a broadcast product
         (no gather of the spectra).
         """
+        be, xp = self._be, self._be.xp
         if self._That is None:
-            self._That = scipy.fft.rfft(self._templates, self.nfft, axis=-1).T.copy()  # (F, P)
+            That = be.permute(be.rfft(self._templates_dev, self.nfft, -1), (1, 0))   # (F, P)
+            self._That = np.ascontiguousarray(That) if be.is_numpy else That
         c_idx, p_idx = np.divmod(cols, self.P)
         groups = []
         for c in np.unique(c_idx):
-            sel = np.flatnonzero(c_idx == c)
-            if np.array_equal(sel, np.arange(sel[0], sel[-1] + 1)):
-                sel = slice(sel[0], sel[-1] + 1)       # sorted columns: cheap slice copies
-            groups.append((c, sel, self._That[:, None, p_idx[sel]]))        # (F, 1, kc)
+            sel = np.flatnonzero(c_idx == c)                  # contiguous: cols are sorted
+            Tp = xp.take(self._That, be.asarray(p_idx[sel]), axis=1)[:, None, :]  # (F, 1, kc)
+            groups.append((int(c), slice(int(sel[0]), int(sel[-1]) + 1), Tp))
         k_max = max((Tp.shape[2] for _, _, Tp in groups), default=1)
         per_spaxel = max(cols.size * self.L * self.dtype.itemsize,
                          k_max * self.F * self.cdtype.itemsize, k_max * self.nfft * self.dtype.itemsize)
-        step = int(max(1, min(self.tile, _CHUNK_BYTES // per_spaxel,
-                              self.memory_budget // (4 * per_spaxel))))
-        B = np.empty((step, self.L, cols.size), dtype=self.dtype)
-        prod = np.empty((self.F, step, k_max), dtype=self.cdtype)
+        # The host recycles small blocks (_CHUNK_BYTES); a device wants few, large launches.
+        chunk = _CHUNK_BYTES if be.is_numpy else self.memory_budget
+        step = int(max(1, min(self.tile, chunk // per_spaxel, self.memory_budget // (4 * per_spaxel))))
+        B = be.empty((step, self.L, cols.size), self.dtype)
+        prod = np.empty((self.F, step, k_max), dtype=self.cdtype) if be.is_numpy else None
         for i, sl in enumerate(self._tiles):
-            spec = self._be.to_numpy(self._spectra(i))                           # (F, St, C)
+            spec = self._spectra(i)                                              # (F, St, C)
             for j0 in range(0, sl.stop - sl.start, step):
                 st = min(step, sl.stop - sl.start - j0)
                 for c, sel, Tp in groups:
                     kc = Tp.shape[2]
-                    pr = prod[:, :st, :kc]
-                    np.multiply(spec[:, j0:j0 + st, c, None], Tp, out=pr)         # (F, st, kc)
-                    z = scipy.fft.irfft(pr, self.nfft, axis=0, workers=self.workers)[:self.T]
-                    Bc = (self._R @ z.reshape(self.T, st * kc)).reshape(self.L, st, kc)
-                    B[:st, :, sel] = Bc.transpose(1, 0, 2)
+                    sc = spec[:, j0:j0 + st, c][:, :, None]
+                    if prod is None:
+                        pr = sc * Tp                                             # (F, st, kc)
+                    else:
+                        pr = np.multiply(sc, Tp, out=prod[:, :st, :kc])
+                    z = be.irfft(pr, self.nfft, 0, workers=self.workers)[:self.T, ...]
+                    Bc = xp.reshape(self._rebin(xp.reshape(z, (self.T, st * kc))), (self.L, st, kc))
+                    B[:st, :, sel] = be.permute(Bc, (1, 0, 2))
                 rows = slice(sl.start + j0, sl.start + j0 + st)
-                Bt = B[:st]
-                Bt *= self._d[rows][:, :, None]
+                if be.is_numpy:
+                    Bt = B[:st]
+                    Bt *= self._d[rows][:, :, None]
+                else:
+                    Bt = B[:st, ...] * self._d_dev[rows, :][:, :, None]
                 yield rows, Bt
 
     def columns(self, cols=None) -> np.ndarray:
@@ -536,10 +545,12 @@ class LOSVDOperator:
         This materialises ``S·L·k`` numbers: for parity checks and small problems.
         """
         cols = self._column_index(cols, "cols")
-        out = np.empty((self.S, self.L, cols.size), dtype=self.dtype)
-        for rows, B in self._blocks(cols):
-            out[rows] = B
-        return out.reshape(self.S * self.L, cols.size)
+        uniq, inv = np.unique(cols, return_inverse=True)
+        out = np.empty((self.S, self.L, uniq.size), dtype=self.dtype)
+        for rows, B in self._blocks(uniq):
+            out[rows] = self._be.to_numpy(B)
+        out = out.reshape(self.S * self.L, uniq.size)
+        return out if np.array_equal(uniq, cols) else out[:, inv]
 
     def gram(self, rows=None, cols=None) -> np.ndarray:
         """Weighted Gram block ``Ã[:, rows]ᵀ Ã[:, cols]`` (default all: ``ÃᵀÃ (C·P, C·P)``).
@@ -550,7 +561,8 @@ class LOSVDOperator:
         matrix product per chunk (``syrk`` for the symmetric full Gram).  Forming
         ``ÃᵀÃ e_j`` with the operator instead would cost ``2·C·P`` applies, each
         ``S·C·F`` complex multiply-adds plus ``S`` FFTs — ``C`` times more transform
-        work.  Computed in float64 whatever the operator's dtype.
+        work.  Computed in float64 whatever the operator's dtype, on the operator's
+        backend (a GPU forms the columns and the products on the device).
         """
         rows = self._column_index(rows, "rows")
         cols = self._column_index(cols, "cols")
@@ -559,17 +571,22 @@ class LOSVDOperator:
                              f"{rows.size * cols.size * 8 / 2**30:.1f} GiB, more than memory_budget="
                              f"{self.memory_budget / 2**30:.1f} GiB; raise the budget or use a "
                              "matrix-free solver (working set)")
+        be, xp = self._be, self._be.xp
         union, inv = np.unique(np.concatenate([rows, cols]), return_inverse=True)
         r_pos, c_pos = inv[:rows.size], inv[rows.size:]
         r_all = np.array_equal(r_pos, np.arange(union.size))
         same = np.array_equal(rows, cols)
-        G = np.zeros((rows.size, cols.size))
+        r_idx, c_idx = be.asarray(r_pos), be.asarray(c_pos)
+        G = be.asarray(np.zeros((rows.size, cols.size)))
         for _, B in self._blocks(union):
-            B2 = B.reshape(-1, union.size).astype(np.float64, copy=False)        # rows (s, l)
-            Br = B2 if r_all else B2[:, r_pos]
-            # np.dot recognises a product with its own transpose and calls BLAS syrk.
-            G += np.dot(Br.T, Br) if same else np.dot(Br.T, B2[:, c_pos])
-        return G
+            B2 = be.astype(xp.reshape(B, (-1, union.size)), np.float64)         # rows (s, l)
+            Br = B2 if r_all else xp.take(B2, r_idx, axis=1)
+            Bc = Br if same else xp.take(B2, c_idx, axis=1)
+            if be.is_numpy:   # np.dot recognises a product with its own transpose: BLAS syrk
+                G += np.dot(Br.T, Bc)
+            else:
+                G = G + be.permute(Br, (1, 0)) @ Bc
+        return be.to_numpy(G)
 
     def column_energy(self) -> np.ndarray:
         """``E[c,p] = Σ_s Σ_l m_l w_l ι[s,l] A[s,c,p,l]²`` as ``(C, P)`` = ``diag(ÃᵀÃ)``.
@@ -578,10 +595,11 @@ class LOSVDOperator:
         ``ι``) when no inverse variance is given.  Costs one inverse FFT per spaxel
         and column (as building the hypercube), no Gram matrix.
         """
-        cols = np.arange(self.C * self.P)
-        E = np.zeros(cols.size)
-        for _, B in self._blocks(cols):
-            E += np.einsum("slk,slk->k", B, B, dtype=np.float64)
+        be = self._be
+        E = np.zeros(self.C * self.P)
+        for _, B in self._blocks(np.arange(self.C * self.P)):
+            B64 = be.astype(B, np.float64)
+            E += be.to_numpy(be.xp.sum(B64 * B64, axis=(0, 1)))
         return E.reshape(self.C, self.P)
 
     def __repr__(self) -> str:
