@@ -217,3 +217,12 @@ def test_auto_method_follows_the_benchmark_rule():
         shape = (10, GRAM_MAX_UNKNOWNS + 1)
         blocks = {"ridge": GRAM_MAX_UNKNOWNS + 1}
     assert auto_method(Wide()) == "working_set"
+
+    from scipy.sparse.linalg import aslinearoperator
+    dev = aslinearoperator(A)
+    dev.backend = "cupy"                              # an operator on a GPU backend
+    assert auto_method(dev) == "gram"
+    assert auto_method(with_priors(dev, y, orbit_weights=[0.5, 0.5], pop_shape=(6,),
+                                   light=np.ones(12), data_light=1.0)) == "gram"
+    Wide.backend = "cupy"
+    assert auto_method(Wide()) == "working_set"

@@ -322,6 +322,11 @@ class LOSVDOperator:
         self._pool = None                    # persistent threads keep their scratch
 
     @property
+    def backend(self) -> str:
+        """Name of the array backend the applies run on (:mod:`cubefit.backend`)."""
+        return self._be.name
+
+    @property
     def cache_info(self) -> dict:
         """Tiles, tiles whose spectra are cached, bytes cached now and when full, bytes of
         all spectra (``S·C·F`` complex), bytes reserved for per-tile work arrays."""

@@ -47,22 +47,14 @@ tiles (numpy, FFT and BLAS calls release the GIL, so threads use the cores witho
 pickling the kernel spectra to worker processes); ``blas_threads`` caps every BLAS /
 OpenMP pool for the duration of the solve (:mod:`threadpoolctl`).  Keep ``processes ×
 blas_threads`` at or below the free cores.  Measured on the 2-core development machine
-(mock with S=256 or 576 spaxels, C=3, P=50, L=577, T=2030; best of 2-3 runs, machine
-otherwise idle; "pair" = one ``Ã x`` plus one ``Ãᵀ r``)::
-
-    processes  blas_threads   pair S=256  pair S=576  auto* S=576  gram S=256
-        1           1            8.9 ms     14.0 ms      1.21 s      0.83 s
-        2           1            5.5 ms      8.8 ms      1.06 s      0.66 s
-        1           2            8.5 ms     13.2 ms      1.27 s      0.70 s
-        2           2            5.7 ms      9.2 ms      1.27 s      0.57 s
-
-    * method="auto" = the working set at the time of measuring (88 passes, 1e-11).
-
-Operator threads give 1.6× on the applies; extra BLAS threads give little here, and when another job occupies a core they are harmful:
-with one core busy, ``blas_threads=2`` made the Gram build 2.5-4× *slower* (OpenBLAS
-threads spin waiting for a descheduled partner), while ``processes=2`` degraded
+with ``benchmarks/parallel.py`` (E-MILES mocks; table in docs/benchmarks.md): operator threads (``processes=2``) speed the
+applies up by 1.2-1.35×; extra BLAS threads help the Gram products a little (1.1-1.3×)
+but slow the working-set solve (0.74-0.93×), and both together oversubscribe the cores.
+When another job occupies a core, ``blas_threads=2`` made the Gram build 2.5-4× *slower*
+(OpenBLAS threads spin waiting for a descheduled partner), while ``processes=2`` degraded
 gracefully.  Recommended on 2 cores: ``processes=2, blas_threads=1``.  The default is
-``processes=1`` and the BLAS pools as found.
+``processes=1`` and the BLAS pools as found.  With ``CUBEFIT_BACKEND=cupy`` (or
+``torch``) the operator runs on the GPU and ``processes`` is ignored.
 
 Tracking
 --------
@@ -162,6 +154,7 @@ FIT_ATTRS: dict[str, tuple[str, str]] = {
     "setting.project_nonneg": ("bool", "x >= 0 (always True)"),
     "setting.processes": ("threads", "operator worker threads over spaxel tiles"),
     "setting.blas_threads": ("threads", "BLAS/OpenMP thread cap during the solve ('none': as found)"),
+    "setting.backend": ("", "array backend of the operator's applies (CUBEFIT_BACKEND)"),
     "setting.method": ("", "solver requested ('auto': chosen by cubefit.solvers.solve)"),
     "setting.tol": ("dimensionless", "KKT tolerance on the relative projected gradient"),
     "setting.orbit_strength": ("dimensionless", "orbit-weight strength s (see cubefit.solvers.priors)"),
@@ -435,7 +428,7 @@ class PipelineRunner:
                     "project_nonneg": True, "processes": processes, "blas_threads": blas_threads,
                     "method": method, "tol": tol, "orbit_strength": orbit_strength, "regul": regul,
                     "regul_order": regul_order, "ridge": ridge, "pop_shape": list(prob.pop_shape),
-                    "norm_mode": fs["norm_mode"], "amp_mode": fs["amp_mode"],
+                    "norm_mode": fs["norm_mode"], "amp_mode": fs["amp_mode"], "backend": op.backend,
                     "lambda_weights": bool(self.config.lambda_weights_enable),
                     "ivar": fs["has_noise"], "resume": resume, "track": track,
                     "solver_options": json.dumps(kw, default=str)}

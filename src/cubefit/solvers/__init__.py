@@ -43,16 +43,22 @@ GRAM_MAX_UNKNOWNS = 3000
 def auto_method(A) -> str:
     """The solver ``method="auto"`` runs for problem ``A`` (measured: docs/benchmarks.md).
 
-    Without Tikhonov or ridge rows the solution is sparse (tens of weights out of
-    thousands) and the working set wins: 1.4 s vs 3.4 s for the full Gram matrix on the
-    E-MILES 64×8×150×858 mock.  Smoothing priors make it dense (865 of 1200 non-zero):
-    the full Gram matrix then wins (4.0 s vs 35 s for the working set) while it fits;
-    beyond, the working set stays the certified choice (Newton-CG, L-BFGS-B and FISTA
-    stall 4e-4…2e-3 above the optimum on E-MILES).
+    On the CPU, without Tikhonov or ridge rows the solution is sparse (tens of weights
+    out of thousands) and the working set wins: 1.4 s vs 3.4 s for the full Gram matrix
+    on the E-MILES 64×8×150×858 mock, 22 s vs 70 s at 256×16×150×1500.  Smoothing
+    priors make it dense (865 of 1200 non-zero): the full Gram matrix then wins (4.0 s
+    vs 35 s for the working set) while it fits; beyond, the working set stays the
+    certified choice (Newton-CG, L-BFGS-B and FISTA stall 4e-4…2e-3 above the optimum
+    on E-MILES).  When the operator runs on a GPU backend the Gram matrix is formed
+    there (2.6 s vs 19 s for the working set at 256×16×150×1500 on an H100), so it is
+    used up to :data:`GRAM_MAX_UNKNOWNS` with or without priors.
     """
     blocks = getattr(A, "blocks", None) or {}
     smooth = any(name in blocks for name in ("regul", "ridge"))
-    return "gram" if smooth and A.shape[1] <= GRAM_MAX_UNKNOWNS else "working_set"
+    op = getattr(A, "base", A)                          # a PriorProblem wraps the operator
+    on_device = getattr(op, "backend", "numpy") != "numpy"
+    fits = A.shape[1] <= GRAM_MAX_UNKNOWNS
+    return "gram" if fits and (smooth or on_device) else "working_set"
 
 
 def solve(A, y=None, *, method: str = "auto", callback=None, **options) -> SolverResult:
