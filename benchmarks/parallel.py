@@ -26,7 +26,6 @@ idle machine; the machine's load average is printed with the table.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -36,7 +35,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from cubefit.solvers import solve
-from solvers import build_problem, emiles_library
+from solvers import build_problem, emiles_library, write_json
 
 SIZES = [(64, 8, 150, 858), (256, 16, 150, 1500)]         # (S, C, P, L)
 QUICK_SIZES = [(16, 4, 150, 400)]
@@ -120,10 +119,7 @@ def main(argv=None) -> int:
     out["machine"]["loadavg_end"] = os.getloadavg()
     print(f"\nload average: start {out['machine']['loadavg_start'][0]:.2f}, "
           f"end {out['machine']['loadavg_end'][0]:.2f} on {os.cpu_count()} cores")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=1)
-        print(f"wrote {args.json}")
+    write_json(args.json, out)
     return 0
 
 

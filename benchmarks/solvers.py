@@ -300,6 +300,14 @@ def print_table(result: dict) -> None:
               f"{r.get('peak_bytes', 0) / 2**20:8.1f}")
 
 
+def write_json(path, out: dict) -> None:
+    """Write ``out`` to ``path`` (nothing when ``path`` is None) and say so."""
+    if path:
+        with open(path, "w") as f:
+            json.dump(out, f, indent=1)
+        print(f"\nwrote {path}")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="small sizes only (about a minute)")
@@ -338,10 +346,7 @@ def main(argv=None) -> int:
                     if "history" in r:
                         r["history"] = thin(r["history"])
                 out["problems"].append(dict(spec, **res))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=1)
-        print(f"\nwrote {args.json}")
+    write_json(args.json, out)
     return 0
 
 
