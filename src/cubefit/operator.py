@@ -42,9 +42,10 @@ Backends
 The applies run on a :class:`cubefit.backend.Backend`: numpy + :mod:`scipy.fft` + a
 sparse rebin by default, or an Array API library (CuPy, PyTorch) on a GPU, where the
 kernel spectra, FFTs and the rebin live on the device and only ``x (C·P,)`` and the
-residuals ``(S·L,)`` cross to the host.  Explicit columns (:meth:`LOSVDOperator.gram`,
-:meth:`~LOSVDOperator.columns`, :meth:`~LOSVDOperator.column_energy`) are formed on
-the host in every case.
+residuals ``(S·L,)`` cross to the host.  Explicit columns and their products
+(:meth:`LOSVDOperator.gram`, :meth:`~LOSVDOperator.column_energy`) are formed on the
+device too; only the ``(k, k)`` Gram block, the energies or the requested columns
+(:meth:`~LOSVDOperator.columns`) come back.
 """
 from __future__ import annotations
 
