@@ -190,3 +190,14 @@ def test_given_light_and_data_light_reproduce_the_default(problem):
                         data_light=problem["data_light"], pop_shape=POP_SHAPE)
     assert given.mu == pytest.approx(default.mu, rel=1e-12)
     np.testing.assert_allclose(given.gram(), default.gram(), rtol=1e-8)
+
+
+@pytest.mark.parametrize("shape, order, hint", [((2, 1), 2, True), ((1, 1), 2, False),
+                                                 ((1, 1), 1, False)])
+def test_regul_on_a_grid_too_short_says_what_would_help(shape, order, hint):
+    rng = np.random.default_rng(0)
+    n = int(np.prod(shape))
+    with pytest.raises(ValueError, match="nothing to regularise") as e:
+        with_priors(rng.random((20, n)), rng.random(20), regul=1.0, regul_order=order,
+                    pop_shape=shape)
+    assert ("use regul_order=1" in str(e.value)) == hint

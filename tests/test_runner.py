@@ -373,3 +373,33 @@ def test_solve_killed_midway_resumes_from_its_live_snapshot(h5, tmp_path):
     assert warm["x0_source"].startswith("snapshot"), warm["x0_source"]
     assert warm["success"], (warm["method"], warm["status"], warm["message"], warm["optimality"])
     assert warm["cost"] == pytest.approx(cold["cost"], rel=1e-9)
+
+
+@pytest.mark.parametrize("nx, ny, n_comp, pop", [
+    (1, 1, 1, (1, 1)),          # one spaxel, one component, one template
+    (2, 1, 1, (2, 1)),          # a strip of spaxels
+    (1, 3, 3, (2, 2)),          # more components than spaxels along an axis
+])
+def test_runner_matches_scipy_nnls_on_edge_shapes(tmp_path, nx, ny, n_comp, pop):
+    """Degenerate but legal shapes (S=1, C=1, P=1, ...) through the manual's workflow."""
+    from cubefit.mock import Component, make_mock_galaxy, synthetic_templates
+    flux, ln_lam, axes = synthetic_templates(n_age=pop[0], n_metal=pop[1], lam=(4700.0, 5700.0),
+                                             velscale=40.0)
+    comps = tuple(Component(f"c{i}", vmax=60.0 * i, sigma=80.0 + 40 * i, r_eff=1.0 + i,
+                            flux=1.0 / (i + 1), pop_centre=(0.5, 0.5)) for i in range(n_comp))
+    m = make_mock_galaxy(flux, ln_lam, pop_shape=pop, pop_axes=axes, nx=nx, ny=ny,
+                         components=comps, obs_lam=(4900.0, 5500.0), vel_max=500.0, snr=40.0,
+                         seed=1)
+    path = tmp_path / "edge.h5"
+    mgr = H5Manager(path, tem_pix=m.tem_pix, obs_pix=m.obs_pix)
+    mgr.init_base(m.dims)
+    mgr.populate_from_arrays(losvd=m.losvd, datacube=m.datacube, templates=m.templates,
+                             mask=m.mask, vel_pix=m.vel_pix, noise=m.noise, pop_axes=m.pop_axes)
+    mgr.ensure_rebin_and_resample()
+    ensure_lambda_weights(path)
+    x, stats = PipelineRunner(path).solve_all_mp_batched(project_nonneg=True, track=False)
+    inp = read_inputs(path)
+    Aw, yw = weighted(reference(inp, "data"), inp, read_lambda_weights(path))
+    _, rnorm = nnls(Aw, yw, maxiter=50 * Aw.shape[1])
+    assert x.shape == (n_comp * pop[0] * pop[1],) and np.all(x >= 0)
+    assert stats["success"] and stats["cost"] == pytest.approx(0.5 * rnorm**2, rel=1e-8)

@@ -226,3 +226,14 @@ def test_auto_method_follows_the_benchmark_rule():
                                    light=np.ones(12), data_light=1.0)) == "gram"
     Wide.backend = "cupy"
     assert auto_method(Wide()) == "working_set"
+
+
+def test_bvls_certifies_a_one_weight_problem():
+    """lsq_linear's default iteration limit (n) would stop here at the optimum with status 0."""
+    from cubefit.solvers import lsq_bvls
+    rng = np.random.default_rng(3)
+    a, y = rng.random((30, 1)), rng.random(30)
+    r = lsq_bvls(a, y)
+    x_ref, rnorm = nnls(a, y)
+    assert r.status == 1 and r.x == pytest.approx(x_ref, rel=1e-12)
+    assert r.cost == pytest.approx(0.5 * rnorm**2, rel=1e-12)

@@ -213,7 +213,9 @@ def lsq_bvls(A, y=None, *, x0=None, gtol: float = 1e-6, ftol: float = 1e-12,
     gtol : KKT tolerance of the certificate (status 1).
     ftol : BVLS's own tolerance: it stops when an iteration lowers the cost by less
         than ``ftol·cost`` or its KKT violation (relative, after the scaling) is below.
-    max_iter : BVLS iterations after its initialisation (default ``n``; status 0).
+    max_iter : BVLS iterations after its initialisation (default ``3·n``, as
+        :func:`scipy.optimize.nnls`; ``lsq_linear``'s own default ``n`` stops a
+        one-weight problem at its optimum with status 0).
     max_dense_bytes : the ``(m, n)`` float64 matrix must fit, else ``ValueError``.
 
     Costs ``n`` explicit columns (``gram_columns``), one adjoint for the scale and two
@@ -231,7 +233,7 @@ def lsq_bvls(A, y=None, *, x0=None, gtol: float = 1e-6, ftol: float = 1e-12,
     M = prob.columns(np.arange(prob.n))
     M *= c
     res = bvls(M, c * prob.y, x, np.zeros(prob.n), np.full(prob.n, np.inf), float(ftol),
-               max_iter, 0)
+               3 * prob.n if max_iter is None else max_iter, 0)
     del M
     x = np.maximum(res.x, 0.0)
     cost, grad, _ = prob.evaluate(x)

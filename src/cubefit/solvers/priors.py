@@ -323,9 +323,10 @@ def with_priors(A, y=None, *, orbit_weights=None, orbit_strength: float = 1.0,
 
     if regul > 0:
         if max(shape) <= regul_order:
+            fix = ("use regul_order=1, " if regul_order > 1 and max(shape) > 1 else "")
             raise ValueError(f"regul: the population grid {shape} has no axis longer than "
-                             f"regul_order={regul_order}, so there is nothing to regularise; use "
-                             "regul_order=1, pass the grid as pop_shape, or set regul=0")
+                             f"regul_order={regul_order}, so there is nothing to regularise; "
+                             f"{fix}pass the grid as pop_shape, or set regul=0")
         eye = lambda k: sp.identity(k, format="csr")  # noqa: E731
         axes = [sp.kron(sp.kron(eye(int(np.prod(shape[:a]))), _difference_matrix(na, regul_order)),
                         eye(int(np.prod(shape[a + 1:]))))
