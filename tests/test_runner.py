@@ -379,6 +379,7 @@ def test_solve_killed_midway_resumes_from_its_live_snapshot(h5, tmp_path):
     (1, 1, 1, (1, 1)),          # one spaxel, one component, one template
     (2, 1, 1, (2, 1)),          # a strip of spaxels
     (1, 3, 3, (2, 2)),          # more components than spaxels along an axis
+    (2, 2, 2, (1, 3)),          # two free weights on a collinear face (Newton-CG used to stall)
 ])
 def test_runner_matches_scipy_nnls_on_edge_shapes(tmp_path, nx, ny, n_comp, pop):
     """Degenerate but legal shapes (S=1, C=1, P=1, ...) through the manual's workflow."""
@@ -402,4 +403,6 @@ def test_runner_matches_scipy_nnls_on_edge_shapes(tmp_path, nx, ny, n_comp, pop)
     Aw, yw = weighted(reference(inp, "data"), inp, read_lambda_weights(path))
     _, rnorm = nnls(Aw, yw, maxiter=50 * Aw.shape[1])
     assert x.shape == (n_comp * pop[0] * pop[1],) and np.all(x >= 0)
+    assert stats["success"] and stats["cost"] == pytest.approx(0.5 * rnorm**2, rel=1e-8)
+    _, stats = PipelineRunner(path).solve_all_mp_batched(method="newton_cg", track=False)
     assert stats["success"] and stats["cost"] == pytest.approx(0.5 * rnorm**2, rel=1e-8)
