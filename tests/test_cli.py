@@ -98,6 +98,16 @@ def test_full_pipeline_through_the_cli(tmp_path, small_mock, capsys):
     assert cli.main(["solve", str(h5), "--orbit-weights", "0.6,0.4", "--no-track"]) == 0
     out = capsys.readouterr().out
     assert "/X_global written" in out and "optimality" in out
+    with h5py.File(h5, "r") as f:
+        cost = f["/Fit"].attrs["cost"]
+    # the same fit on the Array API path, and a normalisation that contradicts the cube
+    assert cli.main(["solve", str(h5), "--orbit-weights", "0.6,0.4", "--no-track",
+                     "--backend", "array_api_strict", "--norm-mode", "model"]) == 0
+    with h5py.File(h5, "r") as f:
+        assert f["/Fit"].attrs["setting.backend"] == "array_api_strict"
+        assert f["/Fit"].attrs["cost"] == pytest.approx(cost, rel=1e-10)
+    assert cli.main(["solve", str(h5), "--norm-mode", "data", "--no-track"]) != 0
+    assert "convert_hypercube_norm" in capsys.readouterr().err
     assert cli.main(["recon", str(h5)]) == 0
     assert cli.main(["plot", str(h5), "--out", str(tmp_path / "figs"), "--n", "1"]) == 0
     assert len(list((tmp_path / "figs").glob("*.png"))) == 2

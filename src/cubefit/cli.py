@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
+from .backend import BACKENDS
 
 log = logging.getLogger("cubefit")
 
@@ -100,12 +101,15 @@ def _orbit_weights(text):
 
 
 def cmd_solve(args) -> int:
+    from .config import Config
     from .runner import PipelineRunner
-    x, stats = PipelineRunner(args.file).solve_all_mp_batched(
+    config = Config.from_env(backend=args.backend) if args.backend else None
+    x, stats = PipelineRunner(args.file, config=config).solve_all_mp_batched(
         method=args.method, tol=args.tol, regul=args.regul, regul_order=args.regul_order,
         ridge=args.ridge, orbit_weights=_orbit_weights(args.orbit_weights),
         orbit_strength=args.orbit_strength, processes=args.processes,
-        blas_threads=args.blas_threads, resume=args.resume, track=not args.no_track)
+        blas_threads=args.blas_threads, resume=args.resume, track=not args.no_track,
+        norm_mode=args.norm_mode)
     fr = ", ".join(f"{v:.3f}" for v in stats["light_fractions"])
     print(f"{args.file}: /X_global written ({np.count_nonzero(x)} of {x.size} weights non-zero) by "
           f"{stats['method']}; cost {stats['cost']:.6g}, optimality {stats['optimality']:.2g} "
@@ -222,7 +226,12 @@ def build_parser() -> argparse.ArgumentParser:
     so.add_argument("--orbit-strength", type=float, default=1.0,
                     help="strength of the orbit-weight penalty, dimensionless (default: %(default)s)")
     so.add_argument("--processes", type=int, default=None,
-                    help="worker threads over spaxel tiles (default: all cores)")
+                    help="worker threads over spaxel tiles (default: 1; 2 on a 2-core machine)")
+    so.add_argument("--backend", default=None, choices=BACKENDS,
+                    help="array backend of the operator: numpy, or cupy/torch on a GPU "
+                         "(default: CUBEFIT_BACKEND, else numpy)")
+    so.add_argument("--norm-mode", default=None, choices=("data", "model"),
+                    help="column normalisation (default: the hypercube's, else data)")
     so.add_argument("--blas-threads", type=int, default=None, help="BLAS threads during the solve")
     so.add_argument("--resume", action="store_true",
                     help="warm start from the last tracker snapshot or the existing /X_global")
