@@ -163,6 +163,39 @@ def test_nnls_on_gram_handles_zero_and_duplicate_columns():
     assert 0.5 * np.sum((A @ z - y) ** 2) == pytest.approx(0.5 * rnorm**2, rel=1e-10)
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_nnls_on_gram_primal_dual_path_matches_scipy(seed, monkeypatch):
+    """Well-conditioned problems (some weights at the bound) take the primal-dual
+    active-set path; Lawson–Hanson (path switched off) and scipy give the same optimum."""
+    import cubefit.solvers.exact as ex
+    rng = np.random.default_rng(seed)
+    A = rng.uniform(0.0, 1.0, (120, 40)) + 0.3 * np.eye(120, 40)
+    y = A @ (rng.uniform(0, 1, 40) * (rng.random(40) < 0.6)) + 0.5 * rng.standard_normal(120)
+    x_ref, rnorm = nnls(A, y, maxiter=2000)
+    taken = []
+    real = ex._primal_dual_active_set
+    monkeypatch.setattr(ex, "_primal_dual_active_set",
+                        lambda Q, c: taken.append(real(Q, c)) or taken[-1])
+    z = nnls_on_gram(A.T @ A, A.T @ y)
+    assert taken[0] is not None and 0 < np.count_nonzero(z) < 40
+    assert 0.5 * np.sum((A @ z - y) ** 2) == pytest.approx(0.5 * rnorm**2, rel=1e-12)
+    np.testing.assert_allclose(z, x_ref, atol=1e-10 * np.abs(x_ref).max())
+    monkeypatch.setattr(ex, "PDAS_MAX_ITER", 0)                      # Lawson–Hanson only
+    np.testing.assert_allclose(nnls_on_gram(A.T @ A, A.T @ y), z, atol=1e-10 * np.abs(z).max())
+
+
+def test_nnls_on_gram_falls_back_on_nearly_collinear_columns():
+    import cubefit.solvers.exact as ex
+    rng = np.random.default_rng(8)
+    base = rng.uniform(0.5, 1.5, 300)
+    A = np.column_stack([base * (1 + 1e-5 * rng.standard_normal(300)) for _ in range(6)])
+    y = A @ np.array([1.0, 0, 0.5, 0, 0, 0.2]) + 1e-4 * rng.standard_normal(300)
+    assert ex._primal_dual_active_set(A.T @ A, A.T @ y) is None      # condition too large
+    _, rnorm = nnls(A, y)
+    z = nnls_on_gram(A.T @ A, A.T @ y)
+    assert 0.5 * np.sum((A @ z - y) ** 2) == pytest.approx(0.5 * rnorm**2, rel=1e-6)
+
+
 def test_projected_gradient_definition():
     x = np.array([0.0, 0.0, 2.0, 1.0])
     g = np.array([3.0, -2.0, 0.5, -0.1])

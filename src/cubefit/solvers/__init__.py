@@ -7,8 +7,8 @@ or a matrix — plus a warm start ``x0``, and return a :class:`SolverResult` who
 the KKT test ``optimality ≤ gtol`` (default 1e-6), on a cost-change test, or on a
 safety limit, never on an iteration count alone.
 
-* :func:`nnls_gram` — exact: full Gram matrix + pivoted Cholesky + Lawson–Hanson
-  (small ``C·P``).
+* :func:`nnls_gram` — exact: full Gram matrix + primal-dual active set (well
+  conditioned) or pivoted Cholesky + Lawson–Hanson (small ``C·P``).
 * :func:`nnls_working_set` — exact and matrix-free: column generation with Gram
   blocks of the working set only.
 * :func:`fista` — accelerated projected gradient with restart (baseline).

@@ -7,17 +7,32 @@ to a constant, so :func:`scipy.optimize.nnls` (Lawson–Hanson active set) on ``
 the same optimum as on the tall ``Ã`` — with ``n`` rows instead of ``S·L``.  ``U`` has
 the condition number of ``Ã`` (not its square), which keeps the active-set
 subproblems as accurate as on ``Ã`` itself.
+
+Lawson–Hanson frees one weight per iteration, so a dense optimum (smoothing priors:
+2053 of 2400 weights positive) costs thousands of least-squares updates.  When ``Q``
+is well conditioned, a primal-dual active-set iteration (Hintermüller, Ito & Kunisch
+2003) is tried first: it moves many weights per step, each step one Cholesky solve
+on the free set, and its fixed point satisfies the KKT conditions exactly.  It is
+accepted only when it settles with a well-conditioned free block; otherwise (nearly
+collinear SSPs without priors, cycling, a singular block) Lawson–Hanson runs.
 """
 from __future__ import annotations
 
 import numpy as np
-from scipy.linalg import lapack, solve_triangular
+from scipy.linalg import LinAlgError, cho_factor, cho_solve, lapack, solve_triangular
 from scipy.optimize import nnls
 
 from .problem import LeastSquares
 from .result import SolverResult
 
 __all__ = ["nnls_on_gram", "nnls_gram"]
+
+PDAS_MAX_ITER = 30
+"""Primal-dual active-set steps before :func:`nnls_on_gram` falls back to Lawson–Hanson."""
+PDAS_MAX_COND = 1e8
+"""Largest condition estimate of the free Gram block for which the primal-dual
+active-set answer is kept (its rounding grows as the condition number of ``Q``,
+the square of ``Ã``'s)."""
 
 
 def nnls_on_gram(Q, c) -> np.ndarray:
@@ -35,6 +50,10 @@ def nnls_on_gram(Q, c) -> np.ndarray:
     live = np.flatnonzero(np.diag(Q) > 0)
     if live.size == 0:
         return z
+    fast = _primal_dual_active_set(Q[np.ix_(live, live)], c[live])
+    if fast is not None:
+        z[live] = fast
+        return z
     U, piv, rank, info = lapack.dpstrf(Q[np.ix_(live, live)], lower=0)
     if info < 0:
         raise ValueError(f"dpstrf: argument {-info} is invalid (Q must be a finite symmetric matrix)")
@@ -44,6 +63,40 @@ def nnls_on_gram(Q, c) -> np.ndarray:
     zp, _ = nnls(U, d, maxiter=50 * max(1, live.size))
     z[live[piv]] = zp
     return z
+
+
+def _primal_dual_active_set(Q, c):
+    """``z ≥ 0`` minimising ``½ zᵀQz − cᵀz`` by the primal-dual active-set method, or
+    None when it does not settle in :data:`PDAS_MAX_ITER` steps or a free block is not
+    safely positive definite (module docstring).
+
+    With multipliers ``λ = Qz − c``, the active set is ``{λ_j − z_j > 0}``; each step
+    sets ``z = 0`` there and solves ``Q_FF z_F = c_F`` on the rest.  When the set
+    repeats, ``z_F ≥ 0`` and ``λ_A > 0`` hold by construction: the KKT point.
+    """
+    scale = np.sqrt(np.diag(Q))                   # Jacobi scaling: κ of the scaled block
+    Qs = Q / np.outer(scale, scale)
+    cs = c / scale
+    active = cs <= 0
+    for _ in range(PDAS_MAX_ITER):
+        free = ~active
+        zs = np.zeros_like(cs)
+        if free.any():
+            try:
+                L, low = cho_factor(Qs[np.ix_(free, free)], check_finite=False)
+            except LinAlgError:
+                return None
+            d = np.abs(np.diag(L))
+            if (d.max() / d.min()) ** 2 > PDAS_MAX_COND:
+                return None
+            zs[free] = cho_solve((L, low), cs[free], check_finite=False)
+        lam = Qs @ zs - cs
+        lam[free] = 0.0
+        new_active = lam - zs > 0
+        if np.array_equal(new_active, active):
+            return np.maximum(zs, 0.0) / scale
+        active = new_active
+    return None
 
 
 def nnls_gram(A, y=None, *, x0=None, gtol: float = 1e-6) -> SolverResult:
