@@ -42,8 +42,9 @@ class Backend:
     """One array library: namespace, device, FFTs, rebin, host transfers.
 
     ``xp`` is the (compat) namespace; ``device`` the device arrays are put on
-    (None: the library's default).  ``rfft(a, n, axis)`` / ``irfft(a, n, axis)`` are
-    the real FFTs with zero padding / cropping to ``n``.
+    (None: the library's default).  ``rfft(a, n, axis, workers=None)`` /
+    ``irfft(...)`` are the real FFTs with zero padding / cropping to ``n``
+    (``workers``: threads of :mod:`scipy.fft` on numpy, ignored elsewhere).
     """
 
     name: str
@@ -69,6 +70,7 @@ class Backend:
                                device=self.device)
 
     def empty(self, shape, dtype):
+        """An uninitialised array of this backend, on its device."""
         if self.is_numpy:
             return np.empty(shape, dtype=dtype)
         return self.xp.empty(shape, dtype=self.dtype(dtype), device=self.device)
