@@ -115,3 +115,39 @@ def test_manual_workflow_runs_verbatim(manual_arrays, tmp_path, monkeypatch, cap
     np.testing.assert_allclose(stats["light_fractions"], a["orbit_w"], atol=1e-3)
     np.testing.assert_allclose(analyse(path).fit.fractions("light"), stats["light_fractions"],
                                rtol=1e-9)
+
+
+PLAIN_SCRIPT_HEADER = '''
+import numpy as np
+from cubefit.mock import make_mock_galaxy, synthetic_templates
+print("STEP: mock", flush=True)
+flux, ln_lam, axes = synthetic_templates(n_age=3, n_metal=2, lam=(4700.0, 5700.0), velscale=40.0)
+m = make_mock_galaxy(flux, ln_lam, pop_shape=(3, 2), pop_axes=axes, nx=3, ny=3,
+                     obs_lam=(4900.0, 5500.0), vel_max=600.0, snr=100.0, seed=3)
+H_SVC, Y_SL, T_PT = m.losvd, m.datacube, m.templates
+tem_loglam, obs_loglam = m.tem_pix, m.obs_pix
+S, V, C = H_SVC.shape
+L, T, P = obs_loglam.size, tem_loglam.size, T_PT.shape[0]
+orbit_w = np.full(C, 1.0 / C)
+'''
+
+
+def test_manual_workflow_as_a_plain_script_runs_once(tmp_path):
+    """The manual's block pasted into a script with no ``__main__`` guard: the solve's
+    helper processes (the fit tracker's writer) must not run the script again, so every
+    step's output appears exactly once and nothing warns about a "bootstrapping phase"."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "fit_galaxy.py"
+    script.write_text(PLAIN_SCRIPT_HEADER + MANUAL_SETUP_IMPORT + MANUAL_WORKFLOW
+                      + 'print("STEP: solved", stats["success"], flush=True)\n', encoding="utf-8")
+    run = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=600)
+    out = run.stdout + run.stderr
+    assert run.returncode == 0, out
+    assert out.count("STEP: mock") == 1, out
+    assert out.count("STEP: solved True") == 1, out
+    assert out.count("λ-weights: min=") == 1, out
+    assert "bootstrapping" not in out and "cannot start the writer" not in out, out
+    assert len(list(tmp_path.glob("galaxy.h5.fit.*.h5"))) == 1   # the tracker did write

@@ -33,8 +33,9 @@ That is how a killed run resumes::
 
     x0, meta = latest_snapshot("galaxy.h5", kind="last")   # newest sidecar of galaxy.h5
 
-The writer uses the ``spawn`` start method by default (``FITTRACKER_START``), which
-re-imports a script's ``__main__``: guard scripts with ``if __name__ == "__main__":``.
+The writer uses the ``spawn`` start method by default (``FITTRACKER_START``) and is
+started without the parent's ``__main__`` (:mod:`cubefit.parallel`), so a plain script
+without an ``if __name__ == "__main__":`` guard runs once.
 """
 from __future__ import annotations
 
@@ -57,6 +58,7 @@ import numpy as np
 
 from . import __version__
 from .config import Config, get_config
+from .parallel import start_without_main
 from .store import open_h5, write_dataset
 
 log = logging.getLogger(__name__)
@@ -172,7 +174,7 @@ class FitTracker:
         self._proc = ctx.Process(target=_writer_main, name="cubefit-fittracker", daemon=True,
                                  args=(self.path, self._q, cfg, attrs, self.x_size, self.keep_history))
         try:
-            self._proc.start()
+            start_without_main(self._proc.start)
         except Exception as exc:  # e.g. inside a daemonic pool worker, which may not have children
             warnings.warn(f"FitTracker: cannot start the writer process ({exc!r}); tracking to "
                           f"{self.path} is disabled for this run", RuntimeWarning, stacklevel=2)
