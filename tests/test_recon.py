@@ -4,6 +4,7 @@ import shutil
 import h5py
 import numpy as np
 import pytest
+from conftest import file_digest
 
 from cubefit.hypercube import build_hypercube, invalidate_tiles
 from cubefit.plots import plot_spectra, spaxel_chi2
@@ -75,6 +76,32 @@ def test_reconstruct_writes_named_dataset(h5, rng):
         np.testing.assert_array_equal(f["/ReconTile"][...], y[[2, 4]])
         np.testing.assert_array_equal(f["/ReconTile"].attrs["spaxels"], [2, 4])
     np.testing.assert_array_equal(y2, y[[2, 4]])
+
+
+@pytest.mark.parametrize("out", ["/DataCube", "DataCube", "/X_global", "/HyperCube/models",
+                                 "/HyperCube/new_thing", "/Fit/light_fractions", "/Noise", "/R_T",
+                                 "/Mask", "/LOSVD", "/Templates"])
+def test_reconstruct_never_overwrites_inputs_or_results(h5, out):
+    """A derived output may not replace the data, the solution or any stage's product:
+    refused before any work, with the fix named, and the file left byte-identical."""
+    before = file_digest(h5)
+    with pytest.raises(ValueError, match=r"/ModelCube_2"):
+        reconstruct(h5, np.ones(12), out=out)
+    assert file_digest(h5) == before
+
+
+def test_reconstruct_overwrites_only_its_own_outputs(h5, rng):
+    x = sparse_x(rng, 2, 6)
+    with h5py.File(h5, "a") as f:
+        f["/Notes"] = np.arange(3.0)          # someone else's dataset
+    before = file_digest(h5)
+    with pytest.raises(ValueError, match="did not write it"):
+        reconstruct(h5, x, out="/Notes")
+    assert file_digest(h5) == before
+    reconstruct(h5, x, out="/ModelCube_2")
+    y = reconstruct(h5, 2 * x, out="/ModelCube_2")       # its own output: replaced
+    with h5py.File(h5, "r") as f:
+        np.testing.assert_array_equal(f["/ModelCube_2"][...], y)
 
 
 def test_reconstruct_bad_arguments(h5):

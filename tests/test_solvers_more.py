@@ -2,6 +2,8 @@
 shared stopping rule: costs against scipy.optimize.nnls on dense weighted matrices built
 independently (brute-force reference hypercube), on a well-conditioned random problem,
 on the nearly collinear SSP-like mock and with priors; warm starts; limits; errors."""
+from functools import partial
+
 import numpy as np
 import pytest
 from scipy.optimize import nnls
@@ -122,9 +124,32 @@ def test_warm_start_reduces_work(collinear, method):
     x0 = cold.x * np.random.default_rng(3).uniform(0.98, 1.02, cold.x.size)
     warm = solve(op, method=method, x0=x0)
     assert warm.success and abs(warm.cost - f_ref) <= 1e-6 * f_ref
+    if method == "newton_cg":
+        # x0 has the optimum's support: one direct solve of that face, then the
+        # certificate.  (Counted in iterations, whose number the algorithm fixes, not in
+        # passes; the cold run needs as few as 7 here, so a margin in passes would rest on
+        # how rounding breaks ties.)
+        assert warm.nit <= 2 < cold.nit
+        return
     # BVLS works on the dense matrix: its passes are fixed, its iterations are not.
+    # The margins here are 3x or more, far from anything rounding decides.
     work = (lambda r: r.nit) if method == "bvls" else (lambda r: r.passes)
     assert work(warm) < work(cold)
+
+
+def test_newton_cg_small_faces_are_solved_directly_and_cg_still_converges(collinear):
+    """The collinear problem by both Newton paths: the direct face solves (default) reach
+    scipy's optimum in few passes.  Pure CG (``direct_face=0``) gets close, but whether
+    it certifies depends on how the machine's rounding erodes conjugacy on this face (it
+    did here in ≈ 800 passes; a 2-weight face stalled 1e-5 above f* on another CPU), so
+    only its documented limit is asserted: within 1e-4 of f*, never below it."""
+    op, f_ref = collinear["op"], collinear["f_ref"]
+    direct = newton_cg(op)
+    assert direct.success and abs(direct.cost - f_ref) <= 1e-6 * f_ref, direct.message
+    cg = newton_cg(op, direct_face=0, max_passes=20_000)
+    assert cg.status in (1, 2) and f_ref * (1 - 1e-9) <= cg.cost <= f_ref * (1 + 1e-4)
+    assert direct.gram_columns > 0 and cg.gram_columns == 0
+    assert direct.passes < cg.passes
 
 
 @pytest.mark.parametrize("method", NEW)
@@ -134,7 +159,7 @@ def test_dense_and_linear_operator_inputs(noisy, method):
         assert r.success and abs(r.cost - noisy["f_ref"]) <= 1e-6 * noisy["f_ref"]
 
 
-@pytest.mark.parametrize("solver", [newton_cg, lbfgsb, lsq_trf])
+@pytest.mark.parametrize("solver", [partial(newton_cg, direct_face=0), lbfgsb, lsq_trf])
 def test_pass_limit_stops_without_certificate(collinear, solver):
     r = solver(collinear["op"], max_passes=12)
     assert r.status == 0 and not r.success and "limit" in r.message
@@ -205,3 +230,45 @@ def test_convergence_and_limits_validate_arguments():
     prob.passes = 7
     assert limit_reached(prob, 3, 3, None) and limit_reached(prob, 0, 10, 7)
     assert not limit_reached(prob, 0, 10, None)
+
+
+def test_same_inputs_give_the_same_x_bit_for_bit_whatever_threads_and_load(monkeypatch):
+    """Determinism: the working set (the default solver) on the matrix-free operator with
+    1 or 2 operator threads, and under a clock that jumps at random (a loaded machine:
+    every timing the code could read is scrambled), returns the same x bit for bit.
+    Tiles of a few spaxels make the reduction order matter; 60 unknowns make the
+    working set take several rounds."""
+    import time
+
+    from conftest import SMALL_COMPONENTS
+    from cubefit.mock import make_mock_galaxy, synthetic_templates
+    flux, ln_lam, axes = synthetic_templates(n_age=6, n_metal=5, lam=(4700.0, 5700.0),
+                                             velscale=40.0)
+    m = make_mock_galaxy(flux, ln_lam, pop_shape=(6, 5), pop_axes=axes, nx=3, ny=3,
+                         components=SMALL_COMPONENTS, obs_lam=(4900.0, 5500.0), vel_max=600.0,
+                         snr=50.0, seed=5)
+    probe = LOSVDOperator(m.templates, m.tem_pix, m.obs_pix, m.vel_pix, m.losvd,
+                          datacube=m.datacube, mask=m.mask, ivar=1 / m.noise**2)
+    per_spaxel = probe.C * probe.F * probe.cdtype.itemsize + 4 * probe.nfft * probe.dtype.itemsize
+    budget = 32 * per_spaxel
+
+    def fit(workers):
+        op = LOSVDOperator(m.templates, m.tem_pix, m.obs_pix, m.vel_pix, m.losvd,
+                           datacube=m.datacube, mask=m.mask, ivar=1 / m.noise**2,
+                           workers=workers, memory_budget=budget)
+        assert op.tile < m.losvd.shape[0]            # several tiles
+        return solve(op, method="working_set").x
+
+    x1 = fit(1)
+    x2 = fit(2)
+    rng = np.random.default_rng(0)
+    now = [0.0]
+
+    def loaded_clock():
+        now[0] += float(rng.exponential(0.05))
+        return now[0]
+
+    monkeypatch.setattr(time, "perf_counter", loaded_clock)
+    x_loaded = fit(1)
+    monkeypatch.undo()
+    assert np.array_equal(x1, x2) and np.array_equal(x1, x_loaded)

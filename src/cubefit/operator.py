@@ -68,6 +68,9 @@ __all__ = ["LOSVDOperator", "DEFAULT_MEMORY_BUDGET"]
 DEFAULT_MEMORY_BUDGET = 2 * 1024**3
 """Default bytes the operator may hold: cached kernel spectra plus per-tile work arrays."""
 
+_PLAN_WORKERS = 4
+"""Worker threads that the automatic tile size leaves room for (:meth:`_plan_tiles`)."""
+
 _CHUNK_BYTES = 16 * 2**20
 """Size of the transient work arrays.  glibc returns freed blocks above its mmap
 threshold (at most 32 MiB) to the OS and page-faults them back on the next
@@ -299,7 +302,10 @@ class LOSVDOperator:
         per_spaxel = spec_bytes + 4 * self.nfft * self.dtype.itemsize
         if tile is None:
             cap = 64 if self._be.is_numpy else self.S      # a device wants few, large launches
-            tile = int(min(cap, max(1, budget // (4 * per_spaxel * self.workers))))
+            # Sized for _PLAN_WORKERS threads whatever ``workers`` is: the tile partition
+            # fixes the order of every reduction over tiles, so it must not change with
+            # the number of threads (same inputs, same x bit for bit).
+            tile = int(min(cap, max(1, budget // (4 * per_spaxel * _PLAN_WORKERS))))
         tile = int(tile)
         if tile < 1:
             raise ValueError(f"tile: expected a positive number of spaxels, got {tile}")

@@ -20,7 +20,37 @@ from .store import SCHEMA, _edit, open_h5, write_dataset
 
 log = logging.getLogger(__name__)
 
-__all__ = ["reconstruct"]
+__all__ = ["reconstruct", "check_output_name"]
+
+_PROTECTED = frozenset("/" + k.strip("/").split("/")[0] for k in SCHEMA if k != "/ModelCube")
+"""Top-level names of the file's inputs and of other stages' results (every dataset
+and group of :data:`cubefit.store.SCHEMA` but ``/ModelCube``), which a reconstruction
+must never replace."""
+
+
+def check_output_name(f, out: str) -> str:
+    """The absolute dataset name ``out`` if a reconstruction may be written there, else a
+    ``ValueError`` that names the fix.
+
+    Allowed: ``/ModelCube`` and new names outside the file's inputs and the other
+    stages' results (``/DataCube``, ``/X_global``, ``/HyperCube/...``, ``/Fit/...``, …);
+    an existing dataset only if an earlier reconstruction wrote it (it has the
+    ``x_sha256`` attribute).
+    """
+    name = "/" + str(out).strip().strip("/")
+    if name == "/":
+        raise ValueError(f"out={out!r}: expected a dataset name such as /ModelCube")
+    top = "/" + name.strip("/").split("/")[0]
+    if name != "/ModelCube" and top in _PROTECTED:
+        what = SCHEMA.get(name, SCHEMA.get(top, ("", "a group of another stage")))[1]
+        raise ValueError(f"out={name}: that is {what}, not a place for a reconstruction; write "
+                         f"it to /ModelCube (the default) or a new name such as /ModelCube_2 "
+                         f"(cubefit recon --out /ModelCube_2)")
+    if name in f and not (hasattr(f[name], "attrs") and "x_sha256" in f[name].attrs):
+        raise ValueError(f"out={name}: the file already has {name} and a reconstruction did not "
+                         f"write it; choose a new name (cubefit recon --out /ModelCube_2)")
+    return name
+
 
 
 def _weights(x, C: int, P: int) -> np.ndarray:
@@ -44,7 +74,8 @@ def reconstruct(h5, x, out: str | None = None, spaxels=None, *,
         normalisation (``/Fit`` settings, else the cube's, else "data").
     x : ``(C·P,)`` or ``(C, P)`` population weights.
     out : dataset to write the result to (e.g. ``"/ModelCube"``), with units and the
-        spaxel list as attributes; None only returns it.
+        spaxel list as attributes; None only returns it.  Never an input or another
+        stage's result (:func:`check_output_name`).
     spaxels : spaxel indices; default all.
 
     Returns the float64 array in every case.
@@ -52,6 +83,8 @@ def reconstruct(h5, x, out: str | None = None, spaxels=None, *,
     cfg = config or get_config()
     path = Path(h5)
     with open_h5(path, "r", config=cfg) as f:
+        if out is not None:
+            out = check_output_name(f, out)
         # A cube converted to the other normalisation after the fit no longer matches x.
         use_cube = MODELS in f and _status(f).complete \
             and _status(f).settings.get("norm.mode") == fit_modes(f)[0]

@@ -29,6 +29,13 @@ One iteration, at ``x`` with gradient ``g = Ãᵀ(Ã x − ỹ)``:
    ``f(x(α)) ≤ f(x) + σ·gᵀ(x(α) − x)`` holds (two passes per trial: the cost, then the
    gradient); the projection removes many weights at once.
 
+Small faces (``direct_face``, 32 weights by default) skip steps 2–3: they are minimised
+directly from their explicit columns (an SVD least-squares solve, stepping to the first
+bound and dropping the weights that reach it, as in Lawson–Hanson's inner loop).  CG
+solves a face of ``k`` weights in ``k`` steps only in exact arithmetic; on nearly
+collinear templates its loss of conjugacy depends on the machine's rounding, and a
+2-weight face that converged on one CPU stalled 1e-5 above the optimum on another.
+
 Stopping
     :class:`.stopping.Convergence` with ``window = 1``, applied only after CG phases
     that converged (or found the face gradient already ``1000×`` below the KKT
@@ -56,13 +63,17 @@ from .stopping import Convergence, limit_reached
 __all__ = ["newton_cg"]
 
 _SMALL_FACE = 10
-"""Faces of at most this many weights get all their CG steps (no progress test)."""
+"""Faces of at most this many weights solved by CG get all their CG steps (no progress
+test)."""
+
+_FACE_BYTES = 256 * 2**20
+"""Most memory the explicit columns of a directly solved face may take."""
 
 
 def newton_cg(A, y=None, *, x0=None, gtol: float = 1e-6, ftol: float = 1e-12,
               vtol: float = 1e-12, eta_max: float = 0.1, progress: float = 0.01,
               max_cg: int | None = None, armijo: float = 1e-4, max_iter: int = 100_000,
-              max_passes: int | None = None) -> SolverResult:
+              max_passes: int | None = None, direct_face: int = 32) -> SolverResult:
     """NNLS by active-set Newton–CG; see the module docstring.
 
     Parameters
@@ -79,6 +90,9 @@ def newton_cg(A, y=None, *, x0=None, gtol: float = 1e-6, ftol: float = 1e-12,
     max_cg : CG steps per phase (default ``2·|F| + 10``; two passes each).
     armijo : sufficient-decrease constant σ of the projected search.
     max_iter, max_passes : safety limits (status 0).
+    direct_face : faces of at most this many weights are minimised directly from their
+        explicit columns (an SVD least-squares solve and Lawson–Hanson's inner loop)
+        instead of by CG, while the columns take at most 256 MiB; 0 = CG always.
 
     ``nit`` counts Newton iterations (CG phases); the history has one entry per iterate.
     """
@@ -110,7 +124,7 @@ def newton_cg(A, y=None, *, x0=None, gtol: float = 1e-6, ftol: float = 1e-12,
         free[viol[np.argsort(grad[viol], kind="stable")[:k]]] = True
         x, r, cost, grad, converged = _newton_step(
             prob, x, free, r, cost, grad, min(eta_max, np.sqrt(opt)), progress, max_cg,
-            1e-3 * gtol * prob.grad0_norm, armijo, y_norm)
+            1e-3 * gtol * prob.grad0_norm, armijo, y_norm, direct_face)
         nit += 1
         opt = prob.optimality(x, grad)
         prob.record(cost, opt)
@@ -139,8 +153,9 @@ def newton_cg(A, y=None, *, x0=None, gtol: float = 1e-6, ftol: float = 1e-12,
 
 
 def _newton_step(prob: LeastSquares, x, free, r, cost, grad, eta, progress, max_cg, small,
-                 armijo, y_norm):
-    """CGLS on the face ``free``, then the projected search (module docstring).
+                 armijo, y_norm, direct_face):
+    """The Newton step on the face ``free`` (CGLS, or a direct solve on small faces),
+    then the projected search (module docstring).
 
     Returns ``(x, r, f, g, converged)``; ``converged``: CG met the forcing test (or the
     face gradient was below ``small`` to begin with).  Recurrences: ``s = −(r + Ã d)``
@@ -148,38 +163,16 @@ def _newton_step(prob: LeastSquares, x, free, r, cost, grad, eta, progress, max_
     normal residual; a step lowers the model by exactly ``½·a·γ``.
     """
     z = np.where(free, -grad, 0.0)
-    gamma = gamma0 = float(z @ z)
-    if gamma == 0.0 or np.abs(z).max() <= small:
+    gamma0 = float(z @ z)
+    if gamma0 == 0.0 or np.abs(z).max() <= small:
         return x, r, cost, grad, True
     n_free = int(free.sum())
-    steps = 2 * n_free + 10 if max_cg is None else int(max_cg)
-    # On an ill-conditioned face the later CG steps gain little cost but are what
-    # makes the directions conjugate: a face of a few weights is solved exactly in as
-    # many steps, so there the progress test waits for them (cut short, such a face
-    # was crossed by steepest-descent zigzags and the run stalled 1e-5 above f*).
-    min_steps = n_free if n_free <= _SMALL_FACE else 1
-    d, s, g, p = np.zeros_like(x), -r, grad, z
-    best, converged = 0.0, False
-    for step in range(steps):
-        w = prob.matvec(p)
-        ww = float(w @ w)
-        if ww == 0.0:                            # p lies in the null space of Ã_F
-            break
-        a = gamma / ww
-        d += a * p
-        s = s - a * w
-        g = -prob.rmatvec(s)
-        z = np.where(free, -g, 0.0)
-        gamma_new = float(z @ z)
-        drop = 0.5 * a * gamma
-        best = max(best, drop)
-        if gamma_new <= eta**2 * gamma0:
-            converged = True
-            break
-        if drop <= progress * best and step + 1 >= min_steps:
-            break
-        p = z + (gamma_new / gamma) * p
-        gamma = gamma_new
+    if n_free <= direct_face and 8 * prob.m * n_free <= _FACE_BYTES:
+        x, r, g = _exact_face_step(prob, x, free, r)
+        return x, r, 0.5 * float(r @ r), g, True
+    else:
+        d, s, g, converged = _cgls_face_step(prob, free, r, grad, z, gamma0, eta, progress,
+                                             n_free, max_cg)
     if np.all(x + d >= 0):
         return x + d, -s, 0.5 * float(s @ s), g, converged
     # Rounding in the two costs (relative to f, and to the residual-data product for
@@ -194,3 +187,83 @@ def _newton_step(prob: LeastSquares, x, free, r, cost, grad, eta, progress, max_
             return xt, rt, ft, prob.rmatvec(rt), converged
         alpha *= 0.5
     return x, r, cost, grad, converged
+
+
+def _exact_face_step(prob: LeastSquares, x, free, r):
+    """Minimise over a small face directly, Lawson–Hanson's inner loop on explicit columns.
+
+    ``d_F = argmin ‖Ã_F d + r‖`` by an SVD least-squares solve; if ``x + d`` leaves the
+    orthant, step to the first bound (the cost falls along the whole segment: it is
+    convex and ``d`` points to its face minimum), drop the weights that reached zero
+    and solve again on the smaller face, with the columns already formed.
+
+    CG needs as many steps as the face has weights only in exact arithmetic; on a face
+    of nearly collinear templates its directions lose conjugacy at a rate set by the
+    machine's rounding, so whether a run converged used to depend on the CPU (a 2-weight
+    face stalled 1e-5 above the optimum on one machine and not on another).  The direct
+    solve reaches the face minimum to rounding on any machine, for ``|F|`` column
+    applications instead of ``2·|F|`` passes.  Returns ``(x, r, g)`` at the new point
+    (``r = Ã x − ỹ``, ``g = Ãᵀ r``).
+    """
+    idx = np.flatnonzero(free)
+    cols = prob.columns(idx)
+    x = x.copy()
+    keep = np.ones(idx.size, dtype=bool)
+    for _ in range(idx.size):
+        d = np.zeros(idx.size)
+        d[keep] = np.linalg.lstsq(cols[:, keep], -r, rcond=None)[0]
+        xf = x[idx]
+        if np.all(xf + d >= 0):
+            x[idx] = xf + d
+            r = r + cols @ d
+            break
+        ratio = np.full(idx.size, np.inf)
+        neg = d < 0
+        ratio[neg] = xf[neg] / -d[neg]
+        alpha = float(ratio.min())
+        hit = ratio <= alpha * (1 + 1e-12)     # ties at the first bound leave together
+        xn = np.maximum(xf + alpha * d, 0.0)
+        xn[hit] = 0.0
+        keep &= ~hit
+        r = r + cols @ (xn - xf)
+        x[idx] = xn
+        if not keep.any():
+            break
+    return x, r, prob.rmatvec(r)
+
+
+def _cgls_face_step(prob: LeastSquares, free, r, grad, z, gamma0, eta, progress, n_free, max_cg):
+    """CGLS on the face ``free`` from ``d = 0`` (the module docstring's step 2), at most
+    ``max_cg`` steps (default ``2·n_free + 10``).
+
+    Returns ``(d, s, g, converged)``: the step, the residual ``s = −(r + Ã d)`` and
+    gradient ``g = −Ãᵀ s`` at ``x + d``, and whether the forcing test was met.
+    """
+    steps = 2 * n_free + 10 if max_cg is None else int(max_cg)
+    gamma = gamma0
+    d, s, g, p = np.zeros_like(grad), -r, grad, z
+    # On an ill-conditioned face the later CG steps gain little cost but are what
+    # makes the directions conjugate: a face of a few weights is solved exactly in as
+    # many steps, so there the progress test waits for them.
+    min_steps = n_free if n_free <= _SMALL_FACE else 1
+    best = 0.0
+    for step in range(steps):
+        w = prob.matvec(p)
+        ww = float(w @ w)
+        if ww == 0.0:                            # p lies in the null space of Ã_F
+            break
+        a = gamma / ww
+        d += a * p
+        s = s - a * w
+        g = -prob.rmatvec(s)
+        z = np.where(free, -g, 0.0)
+        gamma_new = float(z @ z)
+        drop = 0.5 * a * gamma
+        best = max(best, drop)
+        if gamma_new <= eta**2 * gamma0:
+            return d, s, g, True
+        if drop <= progress * best and step + 1 >= min_steps:
+            break
+        p = z + (gamma_new / gamma) * p
+        gamma = gamma_new
+    return d, s, g, False

@@ -77,6 +77,11 @@ class LeastSquares:
         self._progress = PROGRESS.get()
         self._last = (None, None)
 
+    @property
+    def stored_matrix(self) -> bool:
+        """Whether ``A`` is a stored matrix, whose columns are slices (no operator work)."""
+        return self._dense is not None
+
     # -- operator applications, counted ---------------------------------------------------
     def matvec(self, x) -> np.ndarray:
         t = time.perf_counter()
