@@ -43,3 +43,21 @@ def test_docs_examples_run(page, tmp_path, monkeypatch, small_mock):
     namespace = {}
     for i, code in enumerate(blocks):
         exec(compile(code, f"{page}[{i}]", "exec"), namespace)
+
+
+def test_user_facing_text_cites_only_the_repository():
+    """Users have the repository, not the developers' design notes: the README, the docs,
+    every docstring and every --help text name no file outside the repository."""
+    import re
+
+    from cubefit import cli
+    root = DOCS.parent
+    texts = {p: p.read_text(encoding="utf-8") for p in
+             [root / "README.md", *DOCS.rglob("*.md"), *(root / "src").rglob("*.py")]}
+    parser = cli.build_parser()
+    actions = [a for a in parser._actions if a.choices and isinstance(a.choices, dict)]
+    helps = [parser.format_help()] + [sp.format_help() for a in actions for sp in a.choices.values()]
+    texts["cubefit --help"] = "\n".join(helps)
+    outside = re.compile(r"DESIGN(\.md| §)|\.\./shared|shared/seeds")
+    bad = {str(k): m.group(0) for k, t in texts.items() if (m := outside.search(t))}
+    assert not bad, bad

@@ -197,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     w = sub.add_parser("weights", help="create the λ-weights /HyperCube/lambda_weights",
                        description="Median-spectrum difference-of-boxcars weights in [min_w, 1] that "
-                                   "emphasise absorption features (DESIGN §2).")
+                                   "emphasise absorption features (docs/hypercube.md).")
     w.add_argument("file")
     w.add_argument("--small", type=int, default=7, help="narrow boxcar width in pixels (default: %(default)s)")
     w.add_argument("--large", type=int, default=31, help="wide boxcar width in pixels (default: %(default)s)")

@@ -1,4 +1,4 @@
-"""Wavelength grids and the flux-conserving rebin operator (DESIGN §2).
+"""Wavelength grids and the flux-conserving rebin operator (docs/data-model.md).
 
 Conventions: grids hold *natural-log* wavelengths of pixel centres with uniform
 steps; pixel edges are the mid-points between centres and the outer edges extend

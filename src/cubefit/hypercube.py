@@ -2,7 +2,7 @@
 
 Column ``A[s, c, p, :]`` is template ``p`` convolved with the unit-area LOSVD
 kernel of component ``c`` at spaxel ``s``, rebinned to the observed grid by the
-sparse ``R (L, T)`` and scaled by ``g[s, c]`` (DESIGN §2)::
+sparse ``R (L, T)`` and scaled by ``g[s, c]`` (docs/data-model.md)::
 
     A[s,c,p,:] = g[s,c] · R (h_sc ⊛ T_p),
     g = a (norm "model")   or   g = F[s]·a[s,c] / Σ_c' a[s,c'] (norm "data")

@@ -1,4 +1,4 @@
-"""LOSVD histograms, convolution kernels and Gauss–Hermite profiles (DESIGN §2).
+"""LOSVD histograms, convolution kernels and Gauss–Hermite profiles (docs/data-model.md).
 
 Conventions
 -----------
@@ -195,7 +195,7 @@ def fft_length(n_pix: int, K: int) -> int:
     """FFT length for linear convolution of ``n_pix`` pixels with a ``2K+1`` kernel.
 
     ``scipy.fft.next_fast_len(n_pix + 2K)``: at least ``n_pix + K`` is needed so that
-    neither end wraps onto the other; the extra ``K`` is margin from DESIGN §2.
+    neither end wraps onto the other; the extra ``K`` is margin from docs/data-model.md.
     """
     return scipy.fft.next_fast_len(int(n_pix) + 2 * int(K), real=True)
 
@@ -271,11 +271,11 @@ def gauss_hermite_losvd(vel_pix, v, sigma, h3=0.0, h4=0.0) -> np.ndarray:
 
 
 NORM_MODES = ("model", "data")
-"""Valid normalisation modes of the model columns (DESIGN §2)."""
+"""Valid normalisation modes of the model columns (docs/data-model.md)."""
 
 
 def norm_factors(amp, mode: str, data_flux=None) -> np.ndarray:
-    """Per-(spaxel, component) column scale ``g (S, C)`` of DESIGN §2.
+    """Per-(spaxel, component) column scale ``g (S, C)`` of docs/data-model.md.
 
     ``amp (S, C)`` are LOSVD amplitudes; ``mode="model"`` gives ``g = a``;
     ``mode="data"`` gives ``g = F[s] · a[s,c] / Σ_c' a[s,c']`` with ``data_flux``

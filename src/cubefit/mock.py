@@ -3,7 +3,7 @@
 A mock is a rectangular field of ``nx × ny`` spaxels holding ``C`` kinematic
 components.  Each component has its own rotation curve, dispersion, surface-brightness
 profile and population mixture ``x_true[c] (P,)`` (a Gaussian blob on the population
-grid).  The cube is made with the exact forward model of DESIGN §2 in ``norm="model"``
+grid).  The cube is made with the exact forward model of docs/data-model.md in ``norm="model"``
 form:
 
     Y[s] = Σ_c a[s,c] · R (h_sc ⊛ Σ_p x_true[c,p] T_p)  (+ noise)

@@ -1,6 +1,6 @@
-"""Matrix-free LOSVD operator ``A`` and its adjoint (DESIGN §3).
+"""Matrix-free LOSVD operator ``A`` and its adjoint (docs/fitting.md).
 
-The model of the global fit (DESIGN §2) is, for spaxel ``s`` and observed pixel ``l``,
+The model of the global fit (docs/data-model.md) is, for spaxel ``s`` and observed pixel ``l``,
 
     (A x)[s, l] = Σ_c g[s,c] · (R (h_sc ⊛ M_c))[l],        M = X T,  X = x.reshape(C, P)
 
@@ -30,7 +30,7 @@ The objective ``f(x) = ½ Σ_s Σ_l m_l w_l ι[s,l] (Y[s,l] − (A x)[s,l])²`` 
 ``ỹ = d ⊙ Y`` (``m`` mask, ``w`` λ-weights, ``ι`` inverse variance; absent ones are 1).
 :meth:`LOSVDOperator.matvec` / :meth:`~LOSVDOperator.rmatvec` /
 :meth:`~LOSVDOperator.as_linear_operator` are the *weighted* ``Ã`` of shape
-``(S·L, C·P)``, rows ordered ``s·L + l`` and columns ``c·P + p`` (DESIGN §2);
+``(S·L, C·P)``, rows ordered ``s·L + l`` and columns ``c·P + p`` (docs/data-model.md);
 :meth:`~LOSVDOperator.model` is the unweighted ``A x`` as ``(S, L)`` for reconstruction.
 
 Kernel spectra ``g[s,c]·ĥ_sc`` are computed per tile of spaxels and kept for the
@@ -111,7 +111,7 @@ class LOSVDOperator:
     vel_pix : ``(V,)`` LOSVD bin centres, km/s.
     losvd : ``(S, V, C)`` non-negative LOSVD histograms.
     R : sparse ``(L, T)`` rebin matrix (``/R_T``); default :func:`cubefit.grids.rebin_matrix`.
-    norm_mode : ``"model"`` (``g = a``) or ``"data"`` (``g = F·a/Σ_c a``), DESIGN §2.
+    norm_mode : ``"model"`` (``g = a``) or ``"data"`` (``g = F·a/Σ_c a``), docs/data-model.md.
     amp_mode : ``"sum"`` or ``"trapz"``: LOSVD amplitude ``a[s,c]``.
     data_flux : ``(S,)`` ``F[s]`` for ``norm_mode="data"``; default: mean of ``datacube``
         over unmasked pixels.  Must be finite and positive where a spaxel has a model.
@@ -258,7 +258,7 @@ class LOSVDOperator:
                    ivar=inp.ivar if use_ivar else None, **kwargs)
 
     def _check_coverage(self, tem_pix, obs_pix):
-        """DESIGN §2: templates must reach K pixels beyond the observed range on each side."""
+        """docs/data-model.md: templates must reach K pixels beyond the observed range on each side."""
         te, oe = edges_from_centres(tem_pix), edges_from_centres(obs_pix)
         margin = self.K * self.dlog_t * (1 - 1e-9)
         short_lo = (te[0] + margin) - oe[0]
@@ -603,7 +603,7 @@ class LOSVDOperator:
     def column_energy(self) -> np.ndarray:
         """``E[c,p] = Σ_s Σ_l m_l w_l ι[s,l] A[s,c,p,l]²`` as ``(C, P)`` = ``diag(ÃᵀÃ)``.
 
-        Same metric as the objective, so it equals DESIGN §2's ``E`` (which has no
+        Same metric as the objective, so it equals the ``E`` of docs/hypercube.md (which has no
         ``ι``) when no inverse variance is given.  Costs one inverse FFT per spaxel
         and column (as building the hypercube), no Gram matrix.
         """

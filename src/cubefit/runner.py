@@ -1,4 +1,4 @@
-"""The global-fit runner: the CubeFit manual's ``PipelineRunner`` (DESIGN §3, §4).
+"""The global-fit runner: the CubeFit manual's ``PipelineRunner`` (docs/fitting.md, docs/data-model.md).
 
 ::
 
@@ -128,7 +128,7 @@ FIT_ATTRS: dict[str, tuple[str, str]] = {
     "cost": ("(data flux density)^2 x inverse variance",
              "total objective: data_cost + penalty_orbit + penalty_regul + penalty_ridge"),
     "data_cost": ("(data flux density)^2 x inverse variance",
-                  "data term 1/2 sum_s sum_l m w ivar (Y - A x)^2 (DESIGN §2)"),
+                  "data term 1/2 sum_s sum_l m w ivar (Y - A x)^2 (docs/data-model.md)"),
     "penalty_orbit": ("as cost", "orbit-weight penalty 1/2 ||mu (L_c - f_c L)||^2 (0: none)"),
     "penalty_regul": ("as cost", "Tikhonov penalty 1/2 regul sigma^2 ||D x||^2 (0: none)"),
     "penalty_ridge": ("as cost", "ridge penalty 1/2 ridge sigma^2 ||x||^2 (0: none)"),
@@ -162,7 +162,7 @@ FIT_ATTRS: dict[str, tuple[str, str]] = {
     "setting.regul_order": ("", "order of the Tikhonov differences (1 or 2)"),
     "setting.ridge": ("dimensionless", "ridge strength"),
     "setting.pop_shape": ("populations", "population grid of one component (row-major)"),
-    "setting.norm_mode": ("", "normalisation of the model columns (DESIGN §2)"),
+    "setting.norm_mode": ("", "normalisation of the model columns (docs/data-model.md)"),
     "setting.amp_mode": ("", "LOSVD amplitude: sum or trapz"),
     "setting.lambda_weights": ("bool", "λ-weights applied (CUBEFIT_LAMBDA_WEIGHTS_ENABLE)"),
     "setting.ivar": ("bool", "inverse variance 1/Noise^2 applied"),
@@ -380,7 +380,7 @@ class PipelineRunner:
         regul, regul_order, ridge : Tikhonov and ridge priors
             (:mod:`cubefit.solvers.priors`), over the ``/Templates`` ``pop_shape`` grid.
         track : write a fit-tracker sidecar.
-        norm_mode : ``"data"`` or ``"model"`` (DESIGN §2); default: the hypercube's, else
+        norm_mode : ``"data"`` or ``"model"`` (docs/data-model.md); default: the hypercube's, else
             ``"data"``.  With a complete hypercube in the other normalisation this is
             an error (convert it first), so ``/X_global`` and the cube always agree.
         **kw : passed to the solver (e.g. ``max_iter``, ``max_passes``).

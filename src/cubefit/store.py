@@ -1,4 +1,4 @@
-"""The HDF5 file: one galaxy per file, the CubeFit manual's layout (DESIGN §4).
+"""The HDF5 file: one galaxy per file, the CubeFit manual's layout (docs/data-model.md).
 
 Inputs live at the root (``/Templates (P, T)``, ``/TemPix (T,)``, ``/ObsPix (L,)``,
 ``/DataCube (S, L)``, ``/LOSVD (S, V, C)``, ``/VelPix (V,)``, ``/R_T``, optional
@@ -562,7 +562,7 @@ class H5Manager:
                 raise ValueError(f"pop_axes: grid shape {shape} holds {int(np.prod(shape))} populations "
                                  f"but /Templates has P={P}; order templates row-major over the axes")
 
-        # Template coverage: the observed range plus the kernel half-width (DESIGN §2).
+        # Template coverage: the observed range plus the kernel half-width (docs/data-model.md).
         K = kernel_half_width(vel_pix, dlog_t)
         obs_edges = edges_from_centres(obs_pix)
         tem_edges = edges_from_centres(tem_pix)

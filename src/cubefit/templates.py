@@ -1,4 +1,4 @@
-"""Template libraries: simple-stellar-population (SSP) spectra on a log-λ grid (DESIGN §2, §5).
+"""Template libraries: simple-stellar-population (SSP) spectra on a log-λ grid (docs/data-model.md).
 
 A :class:`TemplateLibrary` holds ``flux (P, T)`` — one flux-density spectrum per
 population template — sampled on ``ln_lam (T,)``, natural-log pixel centres in Å with a
@@ -232,7 +232,7 @@ class TemplateLibrary:
 
         The margin is ``K + EDGE_PIX`` pixels on each side, ``K = ceil(vel_max / velscale)``
         being the LOSVD kernel half-width for velocities up to ``|v| = vel_max`` km/s
-        (DESIGN §2, template coverage).  Raises ``ValueError`` stating the shortfall in
+        (docs/templates.md, template coverage).  Raises ``ValueError`` stating the shortfall in
         pixels and Å on each side when the library does not reach that far.
         """
         if not (0 < lam_min < lam_max):

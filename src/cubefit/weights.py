@@ -1,4 +1,4 @@
-"""λ-weights: per-pixel emphasis of absorption features (DESIGN §2 "λ-weights").
+"""λ-weights: per-pixel emphasis of absorption features (docs/hypercube.md, "λ-weights").
 
 The objective weights every observed pixel ``l`` by ``m_l · w_l`` (mask times
 λ-weight).  The weights come from the seed's median-DoG heuristic:

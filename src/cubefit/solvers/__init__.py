@@ -1,4 +1,4 @@
-"""Global NNLS solvers: ``min_{x ≥ 0} ½‖Ã x − ỹ‖²`` (DESIGN §3).
+"""Global NNLS solvers: ``min_{x ≥ 0} ½‖Ã x − ỹ‖²`` (docs/fitting.md).
 
 All solvers take the problem as ``(A, y)`` — a :class:`cubefit.operator.LOSVDOperator`
 (``y`` defaults to its weighted data), a :class:`scipy.sparse.linalg.LinearOperator`

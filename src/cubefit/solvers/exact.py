@@ -1,4 +1,4 @@
-"""Exact NNLS from the Gram matrix: ``min_{z ≥ 0} ½ zᵀQz − cᵀz`` (DESIGN §3).
+"""Exact NNLS from the Gram matrix: ``min_{z ≥ 0} ½ zᵀQz − cᵀz`` (docs/fitting.md).
 
 With ``Q = ÃᵀÃ`` and ``c = Ãᵀỹ`` this is the global fit up to the constant ``½‖ỹ‖²``.
 A (pivoted) Cholesky factor ``PᵀQP = UᵀU`` turns it back into a least-squares

@@ -1,4 +1,4 @@
-"""Priors of the global fit as extra least-squares rows (DESIGN §3 "Priors").
+"""Priors of the global fit as extra least-squares rows (docs/fitting.md, "Priors").
 
 Every prior here is a quadratic penalty ``½‖B x‖²`` with a constant matrix ``B`` and a
 zero right-hand side, so the regularised problem

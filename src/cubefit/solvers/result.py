@@ -47,7 +47,7 @@ class SolverResult(OptimizeResult):
     Fields
     ------
     x : ``(C·P,)`` float64 non-negative weights, row-major ``(C, P)``.
-    cost : ``f(x) = ½‖Ã x − ỹ‖²`` (the weighted objective of DESIGN §2, no priors).
+    cost : ``f(x) = ½‖Ã x − ỹ‖²`` (the weighted objective of docs/data-model.md, no priors).
     optimality : relative projected-gradient norm (module docstring).
     nit : outer iterations (solver specific: FISTA steps, working-set rounds, 1 for
         the exact Gram solve).

@@ -1,4 +1,4 @@
-"""Working-set (column-generation) NNLS on the matrix-free operator (DESIGN §3).
+"""Working-set (column-generation) NNLS on the matrix-free operator (docs/fitting.md).
 
 Unregularised population fits are sparse (tens of non-zero weights out of thousands),
 so the optimum is found by solving small problems exactly:
