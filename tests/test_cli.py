@@ -107,7 +107,7 @@ def test_full_pipeline_through_the_cli(tmp_path, small_mock, capsys):
         assert f["/Fit"].attrs["setting.backend"] == "array_api_strict"
         assert f["/Fit"].attrs["cost"] == pytest.approx(cost, rel=1e-10)
     assert cli.main(["solve", str(h5), "--norm-mode", "data", "--no-track"]) != 0
-    assert "convert_hypercube_norm" in capsys.readouterr().err
+    assert f"cubefit build {h5} --convert-to data" in capsys.readouterr().err
     assert cli.main(["recon", str(h5)]) == 0
     assert cli.main(["plot", str(h5), "--out", str(tmp_path / "figs"), "--n", "1"]) == 0
     assert len(list((tmp_path / "figs").glob("*.png"))) == 2

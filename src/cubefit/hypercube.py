@@ -380,7 +380,7 @@ def build_hypercube(h5, norm_mode: str = "data", amp_mode: str = "sum", S_chunk:
         n_built = _build_tiles(f, progress)
         _finalise(f)
         st = _status(f)
-    log.info("%s: %d tiles built in %.1f s (%d/%d done)", path, n_built, time.perf_counter() - t0,
+    log.debug("%s: %d tiles built in %.1f s (%d/%d done)", path, n_built, time.perf_counter() - t0,
              st.n_done, st.n_tiles)
     return st
 
@@ -641,7 +641,7 @@ def convert_hypercube_norm(h5, to_mode: str, recompute_energy: bool = True, prog
             del hc.attrs[k]
         f.flush()
         del f[SCRATCH]
-    log.info("%s: %s converted to norm %r", path, MODELS, to_mode)
+    log.debug("%s: %s converted to norm %r", path, MODELS, to_mode)
 
 
 def _convert_tiles(f, factor, progress) -> None:

@@ -126,7 +126,7 @@ def _from_cube(path: Path, x, spaxels, cfg) -> np.ndarray:
                 _, cs, ps = grid.slices((iS, iC, iP))
                 A = ds[ss, cs, ps, :][local]             # whole chunk read, rows picked in memory
                 Y[here] += np.tensordot(A.astype(np.float64), X[cs, ps], axes=([1, 2], [0, 1]))
-        log.info("%s: reconstructed %d spaxels from %d of %d (C, P) tiles", path, rows.size,
+        log.debug("%s: reconstructed %d spaxels from %d of %d (C, P) tiles", path, rows.size,
                  len(blocks), nC * nP)
     return Y[inverse]
 
@@ -149,6 +149,6 @@ def _matrix_free(path: Path, x, spaxels, cfg) -> np.ndarray:
     op = LOSVDOperator.from_h5(path, norm_mode=norm, amp_mode=amp, config=cfg)
     X = _weights(x, op.C, op.P)
     sel = np.arange(op.S) if spaxels is None else check_spaxels(spaxels, op.S)
-    log.info("%s: reconstructed %d spaxels with the matrix-free operator (norm %s)", path, sel.size,
+    log.debug("%s: reconstructed %d spaxels with the matrix-free operator (norm %s)", path, sel.size,
              norm)
     return op.model(X.ravel())[sel]

@@ -180,7 +180,7 @@ def write_report(h5, out_dir, *, title: str = "CubeFit report", run_info: dict |
     sj.write_text(json.dumps(summary, indent=2, default=_plain) + "\n")
     md = out / "report.md"
     md.write_text(markdown(a, figs, title=title, run_info=run_info))
-    log.info("report written to %s (%d figures)", out, len(figs))
+    log.debug("report written to %s (%d figures)", out, len(figs))
     return Report(folder=out, markdown=md, summary=sj, figures=figs, analysis=a)
 
 

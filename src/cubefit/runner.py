@@ -108,7 +108,7 @@ from .solvers import solve
 from .solvers.priors import with_priors
 from .store import SCHEMA, _edit, _stamp, open_h5, write_dataset
 from .tracking import FitTracker, latest_snapshot
-from .weights import read_lambda_weights
+from .weights import read_lambda_weights, weights_summary
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +168,7 @@ FIT_ATTRS: dict[str, tuple[str, str]] = {
     "setting.ivar": ("bool", "inverse variance 1/Noise^2 applied"),
     "setting.resume": ("bool", "warm start from the last snapshot or /X_global was asked for"),
     "setting.track": ("bool", "fit tracker sidecar written"),
+    "setting.time_limit": ("s", "time limit of the solve ('none': no limit)"),
     "setting.solver_options": ("", "extra solver keywords, JSON"),
     # provenance
     "cubefit_version": ("", "package version that wrote the fit"),
@@ -275,6 +276,39 @@ def read_fit(h5, *, config: Config | None = None) -> tuple[np.ndarray, dict, dic
 
 # ----------------------------------------------------------------------------- runner
 
+PROGRESS_EVERY_S = 10.0
+"""Seconds between two progress lines of a long solve (logged at INFO, which the CLI
+shows)."""
+
+
+def _progress_lines(method: str):
+    """Solver progress callback that logs one line (iteration, passes, cost, optimality,
+    elapsed time) at most every :data:`PROGRESS_EVERY_S` seconds, so a long solve is
+    never silent."""
+    every = PROGRESS_EVERY_S
+    t0 = time.monotonic()
+    last = [t0]
+
+    def progress(step, x, cost):
+        now = time.monotonic()
+        if now - last[0] >= every:
+            last[0] = now
+            log.info("solve (%s): iteration %d, %d passes, cost %.8g, optimality %.3g, %.0f s",
+                     method, step["it"], step["passes"], step["cost"], step["optimality"],
+                     now - t0)
+    return progress
+
+
+def _both(*callbacks):
+    """One progress callback that calls each of ``callbacks`` that is not None."""
+    fns = [cb for cb in callbacks if cb is not None]
+
+    def progress(step, x, cost):
+        for fn in fns:
+            fn(step, x, cost)
+    return progress
+
+
 def _stream_to(tracker):
     """Solver progress callback: every iteration's cost, optimality and passes go to the
     tracker live, and the latest evaluated point becomes its "auto" snapshot (best when
@@ -329,10 +363,8 @@ class PipelineRunner:
         w = read_lambda_weights(self.path, config=self.config)
         with open_h5(self.path, "r", config=self.config) as f:
             mask = f["/Mask"][...].astype(bool) if "/Mask" in f else np.ones(w.size, bool)
-        g = w[mask]
         state = "" if self.config.lambda_weights_enable else " (disabled: CUBEFIT_LAMBDA_WEIGHTS_ENABLE=0)"
-        print(f"[CubeFit] λ-weights: min={g.min():.4g} max={g.max():.4g} mean={g.mean():.4g} "
-              f"over {g.size} good pixels{state}", flush=True)
+        print(f"[cubefit] λ-weights: {weights_summary(w, mask)}{state}", flush=True)
         return w
 
     def _warm_start(self, x0, resume: bool, n: int, has_x_global: bool):
@@ -362,7 +394,8 @@ class PipelineRunner:
                              x0=None, tol: float = 1e-6, regul: float = 0.0, ridge: float = 0.0,
                              orbit_strength: float = 1.0, regul_order: int = 2,
                              track: bool = True, resume: bool = False,
-                             norm_mode: str | None = None, **kw):
+                             norm_mode: str | None = None, time_limit: float | None = None,
+                             **kw):
         """Solve the global fit and write ``/X_global`` and ``/Fit``; returns ``(x, stats)``.
 
         Parameters
@@ -383,6 +416,8 @@ class PipelineRunner:
         norm_mode : ``"data"`` or ``"model"`` (docs/data-model.md); default: the hypercube's, else
             ``"data"``.  With a complete hypercube in the other normalisation this is
             an error (convert it first), so ``/X_global`` and the cube always agree.
+        time_limit : seconds after which an iterative solver stops with its best point
+            so far (status 0, ``success`` False; the result is written all the same).
         **kw : passed to the solver (e.g. ``max_iter``, ``max_passes``).
 
         Returns
@@ -431,6 +466,7 @@ class PipelineRunner:
                     "norm_mode": fs["norm_mode"], "amp_mode": fs["amp_mode"], "backend": op.backend,
                     "lambda_weights": bool(self.config.lambda_weights_enable),
                     "ivar": fs["has_noise"], "resume": resume, "track": track,
+                    "time_limit": time_limit,
                     "solver_options": json.dumps(kw, default=str)}
         # The tracker closes with status "failed (<Exception>)" if the solve raises.
         with (FitTracker(self.path, config=self.config, x_size=n,
@@ -439,8 +475,9 @@ class PipelineRunner:
             if tracker:
                 tracker.progress(0.0, f"solving: method={method}, n={n}, x0={x0_source}")
             with threadpool_limits(limits=blas_threads) if blas_threads else contextlib.nullcontext():
-                res = solve(prob, method=method, x0=x_start, gtol=tol,
-                            callback=_stream_to(tracker) if tracker else None, **kw)
+                res = solve(prob, method=method, x0=x_start, gtol=tol, time_limit=time_limit,
+                            callback=_both(_stream_to(tracker) if tracker else None,
+                                           _progress_lines(method)), **kw)
             if tracker:
                 tracker.snapshot(res.x, res.cost, res.nit, kind="best")
                 tracker.snapshot(res.x, res.cost, res.nit, kind="last")
@@ -472,7 +509,7 @@ class PipelineRunner:
         if prob.orbit_weights is not None:
             datasets["orbit_weights"] = prob.orbit_weights
         write_fit(self.path, x, attrs, datasets, config=self.config)
-        log.info("%s: /X_global written (%s, status %d, cost %.6g, optimality %.3g, %d passes)",
+        log.debug("%s: /X_global written (%s, status %d, cost %.6g, optimality %.3g, %d passes)",
                  self.path, res.method, res.status, res.cost, res.optimality, res.passes)
         stats = {"cost": res.cost, "data_cost": data_cost, "penalties": penalties,
                  "optimality": res.optimality, "status": res.status, "success": bool(res.success),

@@ -218,6 +218,16 @@ class Populations:
         """⟨[M/H]⟩ (dex) per component ``(C,)`` or of all together (``total=True``)."""
         return self._mean("metal", kind, total)
 
+    def __repr__(self) -> str:
+        def fmt(a):
+            return "n/a" if a is None else "[" + ", ".join(f"{v:.3f}" for v in a) + "]"
+        axes = ", ".join(f"{k} ({v.size})" for k, v in self.pop_axes.items()) or "none"
+        return (f"Populations(C={self.C} components {list(self.names)}, P={self.light.shape[1]} "
+                f"on axes {axes}; light fractions {fmt(self.fractions('light'))}, "
+                f"<log age>_L {fmt(self.mean_log_age('light'))} dex, "
+                f"<[M/H]>_L {fmt(self.mean_metal('light'))} dex, "
+                f"mass {'known' if self.mass is not None else 'unknown'})")
+
     def summary(self) -> dict:
         """Plain-Python summary (lists per component; None where unavailable), for JSON."""
         def plain(a):
@@ -363,6 +373,15 @@ class Analysis:
     fit_attrs: dict
     norm_mode: str
     flux_units: str = "data flux density"
+
+    def __repr__(self) -> str:
+        S, L = self.data.shape
+        chi2 = self.chi2[np.isfinite(self.chi2)]
+        med = f"{np.median(chi2):.3g}" if chi2.size else "n/a"
+        status = self.fit_attrs.get("message", "?")
+        return (f"Analysis({self.path}: S={S} spaxels × L={L} pixels, norm {self.norm_mode!r}, "
+                f"median reduced χ² {med}, truth {'yes' if self.truth is not None else 'no'}; "
+                f"fit: {self.fit!r}; solver: {status})")
 
     def comparison(self) -> list[dict]:
         """Rows ``{quantity, component, true, fit, diff}`` for fractions and means (truth only)."""

@@ -37,7 +37,8 @@ from .store import SCHEMA, _edit, open_h5, write_dataset
 
 log = logging.getLogger(__name__)
 
-__all__ = ["lambda_weights", "ensure_lambda_weights", "read_lambda_weights", "METHOD"]
+__all__ = ["lambda_weights", "ensure_lambda_weights", "read_lambda_weights", "weights_summary",
+           "METHOD"]
 
 METHOD = "median-DoG (boxcar)"
 """Value of the ``method`` attribute of weights made by :func:`ensure_lambda_weights`."""
@@ -153,7 +154,7 @@ def ensure_lambda_weights(h5, *, small_px: int = 7, large_px: int = 31, min_w: f
         ds.attrs["scale"] = scale
         ds.attrs["cubefit_version"] = __version__
         ds.attrs["created_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    _log_stats(f"{path}:{dset} written", w, mask)
+    _log_stats(f"{path}:{dset} written", w, mask, logging.DEBUG)
     if energy_pw is not None and not np.array_equal(energy_pw, mask * w):
         log.warning("%s: /HyperCube/col_energy was computed with other pixel weights than these "
                     "λ-weights; run cubefit.hypercube.recompute_col_energy to update it", path)
@@ -204,6 +205,12 @@ def read_lambda_weights(h5, *, config: Config | None = None) -> np.ndarray:
 
 
 def _log_stats(what: str, w: np.ndarray, mask: np.ndarray, level: int = logging.INFO) -> None:
-    g = w[mask]
-    log.log(level, "λ-weights %s: min %.3g max %.3g mean %.3g over %d good pixels", what, g.min(), g.max(),
-             g.mean(), g.size)
+    log.log(level, "λ-weights %s: %s", what, weights_summary(w, mask))
+
+
+def weights_summary(w: np.ndarray, mask: np.ndarray | None = None) -> str:
+    """``"min=… max=… mean=… over N good pixels"`` of λ-weights ``w (L,)`` over the pixels
+    where ``mask (L,)`` is True (all without a mask): the one summary that the solver's
+    start-up banner, ``cubefit weights`` and the log all print."""
+    g = np.asarray(w) if mask is None else np.asarray(w)[np.asarray(mask, dtype=bool)]
+    return f"min={g.min():.4g} max={g.max():.4g} mean={g.mean():.4g} over {g.size} good pixels"

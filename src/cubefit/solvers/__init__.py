@@ -19,12 +19,16 @@ safety limit, never on an iteration count alone.
 * :func:`lsq_bvls` — :func:`scipy.optimize.lsq_linear`'s BVLS on the dense matrix
   (small problems).
 """
+import time
+
+import numpy as np
+
 from .bounded_lsq import lsq_bvls, lsq_trf
 from .exact import nnls_gram, nnls_on_gram
 from .fista import fista
 from .lbfgsb import lbfgsb
 from .newton import newton_cg
-from .problem import PROGRESS, LeastSquares
+from .problem import DEADLINE, PROGRESS, LeastSquares
 from .result import STATUS, SolverResult, projected_gradient, relative_optimality
 from .working_set import nnls_working_set
 
@@ -61,16 +65,24 @@ def auto_method(A) -> str:
     return "gram" if fits and (smooth or on_device) else "working_set"
 
 
-def solve(A, y=None, *, method: str = "auto", callback=None, **options) -> SolverResult:
+def solve(A, y=None, *, method: str = "auto", callback=None, time_limit: float | None = None,
+          **options) -> SolverResult:
     """Solve with ``method`` in :data:`METHODS` or ``"auto"`` (:func:`auto_method`).
     ``options`` go to the solver (``x0``, ``gtol``, ...).  ``callback(step, x, cost)`` is
-    called after every recorded iteration (:data:`.problem.PROGRESS`)."""
+    called after every recorded iteration (:data:`.problem.PROGRESS`).  ``time_limit``
+    (seconds): the iterative solvers stop at their next limit check after it, with
+    status 0 and their best point so far (the exact solve of ``gram`` and ``bvls`` is
+    not interrupted)."""
     if method == "auto":
         method = auto_method(A)
     if method not in METHODS:
         raise ValueError(f"method: expected 'auto' or one of {sorted(METHODS)}, got {method!r}")
+    if time_limit is not None and not (np.isfinite(time_limit) and time_limit > 0):
+        raise ValueError(f"time_limit: expected a positive number of seconds, got {time_limit!r}")
     token = PROGRESS.set(callback)
+    deadline = DEADLINE.set(None if time_limit is None else time.monotonic() + float(time_limit))
     try:
         return METHODS[method](A, y, **options)
     finally:
+        DEADLINE.reset(deadline)
         PROGRESS.reset(token)

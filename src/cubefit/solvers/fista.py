@@ -21,6 +21,7 @@ import numpy as np
 
 from .problem import LeastSquares
 from .result import SolverResult
+from .stopping import limit_reached
 
 __all__ = ["fista", "power_lipschitz"]
 
@@ -103,7 +104,7 @@ def fista(A, y=None, *, x0=None, gtol: float = 1e-6, ftol: float = 1e-10, window
         best.append(min(best[-1], cost))
         g_y = None
         settled = len(best) > window and best[-window - 1] - best[-1] <= ftol * max(best[-1], floor)
-        limit = nit >= max_iter or (max_passes is not None and prob.passes >= max_passes)
+        limit = limit_reached(prob, nit, max_iter, max_passes)
         if yv is x or settled or limit or nit % check_every == 0:
             g_x = prob.rmatvec(rn)
             opt = prob.optimality(x, g_x)

@@ -23,7 +23,7 @@ from scipy.sparse.linalg import aslinearoperator
 
 from .result import SolverResult, STATUS, relative_optimality
 
-__all__ = ["LeastSquares", "PROGRESS"]
+__all__ = ["LeastSquares", "PROGRESS", "DEADLINE"]
 
 PROGRESS: contextvars.ContextVar = contextvars.ContextVar("cubefit_solver_progress", default=None)
 """Progress callback ``fn(step, x, cost)`` of the solve in progress, installed by
@@ -32,6 +32,10 @@ PROGRESS: contextvars.ContextVar = contextvars.ContextVar("cubefit_solver_progre
 evaluated (a copy; None before the first evaluation).  A context variable rather than an
 argument of every solver, so that each solver streams its iterations (to a
 :class:`cubefit.tracking.FitTracker`) without threading a callback through its signature."""
+
+DEADLINE: contextvars.ContextVar = contextvars.ContextVar("cubefit_solver_deadline", default=None)
+"""``time.monotonic()`` after which the solve in progress stops at its next limit check
+(status 0), installed by :func:`cubefit.solvers.solve` from its ``time_limit``."""
 
 
 class LeastSquares:
@@ -75,7 +79,13 @@ class LeastSquares:
         self.history = {"time": [], "passes": [], "cost": [], "optimality": []}
         self._b = None
         self._progress = PROGRESS.get()
+        self._deadline = DEADLINE.get()
         self._last = (None, None)
+
+    @property
+    def out_of_time(self) -> bool:
+        """Whether the solve's ``time_limit`` (:data:`DEADLINE`) has passed."""
+        return self._deadline is not None and time.monotonic() >= self._deadline
 
     @property
     def stored_matrix(self) -> bool:
@@ -194,6 +204,8 @@ class LeastSquares:
         total = self.elapsed()
         timings = dict(self.timings, total=total)
         timings["solve"] = max(0.0, total - timings["operator"] - timings["gram"])
+        if status == 0 and message is None and self.out_of_time:
+            message = "stopped at its time limit without a KKT certificate"
         return SolverResult(x=x, cost=float(cost), optimality=float(optimality), nit=int(nit),
                             passes=self.passes, gram_columns=self.gram_columns, status=int(status),
                             success=status == 1, message=message or STATUS[status], method=method,

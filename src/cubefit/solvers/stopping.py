@@ -64,5 +64,7 @@ class Convergence:
 
 
 def limit_reached(prob: LeastSquares, nit: int, max_iter: int, max_passes: int | None) -> bool:
-    """Whether a safety limit stops the solve (status 0)."""
-    return nit >= max_iter or (max_passes is not None and prob.passes >= max_passes)
+    """Whether a safety limit stops the solve (status 0): iterations, passes, or the
+    solve's time limit (:data:`.problem.DEADLINE`)."""
+    return (nit >= max_iter or (max_passes is not None and prob.passes >= max_passes)
+            or prob.out_of_time)

@@ -26,6 +26,7 @@ import numpy as np
 from .exact import nnls_on_gram
 from .problem import LeastSquares
 from .result import SolverResult
+from .stopping import limit_reached
 
 __all__ = ["nnls_working_set"]
 
@@ -95,7 +96,7 @@ def nnls_working_set(A, y=None, *, x0=None, gtol: float = 1e-6, ftol: float = 1e
                               "restricted Gram solve" if viol.size == 0 else
                               "the last round did not lower the cost (rounding)"))
             break
-        if nit >= max_iter or (max_passes is not None and prob.passes >= max_passes):
+        if limit_reached(prob, nit, max_iter, max_passes):
             break
         k = max_add or _columns_per_round(prob, nit == 0, W.size)
         new = viol[np.argsort(grad[viol], kind="stable")[:k]]
