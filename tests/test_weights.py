@@ -51,7 +51,7 @@ def line_spectra(rng, S=5, L=600):
 
 
 def test_weights_on_absorption_lines_span_range_floor_only_masked(h5, caplog):
-    with caplog.at_level(logging.INFO, logger="cubefit.weights"):
+    with caplog.at_level(logging.DEBUG, logger="cubefit.weights"):
         w = ensure_lambda_weights(h5)
     with h5py.File(h5, "r") as f:
         mask, Y = f["/Mask"][...], f["/DataCube"][...]
