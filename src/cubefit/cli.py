@@ -115,7 +115,10 @@ def cmd_info(args) -> int:
 def cmd_init(args) -> int:
     from .inputs import load_input_arrays
     from .store import H5Dims, H5Manager
-    arrays = load_input_arrays(args.input)
+    arrays = load_input_arrays(args.input, provided=("losvd",) if args.losvd else ())
+    if args.losvd:                          # LOSVDs made elsewhere (cubefit.ifu.losvds)
+        from .ifu.losvds import read_losvd_file
+        arrays["losvd"], arrays["vel_pix"] = read_losvd_file(args.losvd)
     tem, obs = arrays.pop("tem_pix"), arrays.pop("obs_pix")
     S, V, C = np.shape(arrays["losvd"])
     P = np.shape(arrays["templates"])[0]
@@ -262,6 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("input", help="input arrays: .npz, .fits (one HDU per array) or .h5")
     i.add_argument("output", help="CubeFit HDF5 file to create")
     i.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it holds other dimensions")
+    i.add_argument("--losvd", default=None, metavar="FILE",
+                   help="take /LOSVD (S, V, C) and /VelPix (V,) km/s from FILE (FITS: HDUs LOSVD "
+                        "and VELPIX; HDF5: datasets LOSVD and VelPix) instead of INPUT")
     i.set_defaults(func=cmd_init)
 
     b = sub.add_parser("build", help="build the materialised hypercube /HyperCube/models",
