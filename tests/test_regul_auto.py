@@ -92,6 +92,9 @@ def test_runner_and_cli_record_the_search(tmp_path, smooth_grid_mock):
                            target=attrs["regul_auto.target"], chosen=attrs["setting.regul"],
                            path=tmp_path / "regul.png")
     assert png.stat().st_size > 1000
+    from cubefit.report import write_report
+    rep = write_report(path, tmp_path / "rep")
+    assert (tmp_path / "rep" / "regul_curve.png") in rep.figures
     with pytest.raises(ValueError, match="regul: expected a strength >= 0 or 'auto'"):
         PipelineRunner(path).solve_all_mp_batched(regul="best", track=False)
 

@@ -126,6 +126,12 @@ def test_runner_writes_uncertainties(tmp_path, small_mock):
     with h5py.File(path, "r") as f:
         ds = f["/Fit/uncertainties/log_age_light"]
         assert "dex" in ds.attrs["units"] and "percentile" in ds.attrs["description"]
+    # The report shows the errors in its tables (± std of the realisations).
+    from cubefit.report import write_report
+    rep = write_report(path, tmp_path / "rep")
+    text = rep.markdown.read_text()
+    err = data["uncertainties/light_fraction"][4][0]
+    assert f"± {err:.4f}" in text and "Monte-Carlo re-solves (noise" in text
     # Same seed, same realisations.
     runner.solve_all_mp_batched(nmonte=12, seed=4, track=False)
     _, _, again = read_fit(path)
