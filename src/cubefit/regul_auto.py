@@ -33,7 +33,11 @@ from .solvers.priors import with_priors
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RegulSearch", "choose_regul", "resolve_regul", "plot_regul_curve"]
+__all__ = ["RegulSearch", "choose_regul", "resolve_regul", "plot_regul_curve", "UNUSED_ATTRS"]
+
+UNUSED_ATTRS = {"regul_auto.chi2_0": np.nan, "regul_auto.n_data": 0, "regul_auto.target": np.nan,
+                "regul_auto.delta_chi2": np.nan}
+"""The ``/Fit`` attributes of :meth:`RegulSearch.attrs` for a fit without ``regul="auto"``."""
 
 
 @dataclass

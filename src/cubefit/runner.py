@@ -104,13 +104,13 @@ from .config import Config, get_config
 from .hypercube import MODELS, _status
 from .losvd import NORM_MODES
 from .operator import LOSVDOperator
-from .regul_auto import resolve_regul
+from .regul_auto import UNUSED_ATTRS as REGUL_UNUSED, resolve_regul
 from .schema_extra import FIT_ATTRS as FIT_ATTRS_EXTRA
 from .solvers import solve
 from .solvers.priors import with_priors
 from .store import SCHEMA, _edit, _stamp, open_h5, write_dataset
 from .tracking import FitTracker, latest_snapshot
-from .uncertainties import check_nmonte, monte_carlo_for_file
+from .uncertainties import UNUSED_ATTRS as MC_UNUSED, check_nmonte, monte_carlo_for_file
 from .weights import read_lambda_weights, weights_summary
 
 log = logging.getLogger(__name__)
@@ -522,10 +522,9 @@ class PipelineRunner:
         mc = monte_carlo_for_file(self.path, op, x, nmonte=nmonte, seed=seed, config=self.config,
                                   priors=dict(priors, regul=regul), method=res.method, gtol=tol,
                                   scale=prob.scale if (regul or ridge) else None) if nmonte else None
-        for extra in (search, mc):                 # regul="auto", Monte-Carlo uncertainties
-            if extra is not None:
-                attrs.update(extra.attrs())
-                datasets.update(extra.datasets())
+        for extra, unused in ((search, REGUL_UNUSED), (mc, MC_UNUSED)):   # regul="auto", Monte Carlo
+            attrs.update(unused if extra is None else extra.attrs())
+            datasets.update({} if extra is None else extra.datasets())
         write_fit(self.path, x, attrs, datasets, config=self.config)
         log.debug("%s: /X_global written (%s, status %d, cost %.6g, optimality %.3g, %d passes)",
                  self.path, res.method, res.status, res.cost, res.optimality, res.passes)

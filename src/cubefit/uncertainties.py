@@ -49,7 +49,7 @@ from .solvers.priors import with_priors
 log = logging.getLogger(__name__)
 
 __all__ = ["QUANTITIES", "STATS", "MonteCarloResult", "monte_carlo", "derived_quantities",
-           "perturbations", "monte_carlo_for_file", "check_nmonte"]
+           "perturbations", "monte_carlo_for_file", "check_nmonte", "UNUSED_ATTRS"]
 
 QUANTITIES = {
     "light_fraction": ("fraction", "light fraction L_c / sum L of each component"),
@@ -59,6 +59,10 @@ QUANTITIES = {
     "metal_mass": ("dex", "mass-weighted <[M/H]> of each component"),
 }
 """Derived quantity → (units, meaning); each is a ``(C,)`` array per fit."""
+
+UNUSED_ATTRS = {"uncertainties.nmonte": 0, "uncertainties.kind": "none", "uncertainties.seed": "none",
+                "uncertainties.passes": 0, "uncertainties.failed": 0}
+"""The ``/Fit`` attributes of :meth:`MonteCarloResult.attrs` for a fit without Monte Carlo."""
 
 STATS = ("best", "p16", "p50", "p84", "std")
 """Rows of a ``/Fit/uncertainties/<quantity>`` dataset ``(5, C)``: the best fit's value, the
