@@ -64,6 +64,16 @@ def _positive_float(text: str) -> float:
     return v
 
 
+def _regul(text: str):
+    """``--regul``: a strength >= 0, or ``auto`` (the chi2 criterion of cubefit.regul_auto)."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    v = float(text)
+    if not (np.isfinite(v) and v >= 0):
+        raise argparse.ArgumentTypeError(f"expected a strength >= 0 or 'auto', got {text}")
+    return v
+
+
 def _print_info(path) -> None:
     from .store import describe_file
     d = describe_file(path)
@@ -105,7 +115,10 @@ def cmd_info(args) -> int:
 def cmd_init(args) -> int:
     from .inputs import load_input_arrays
     from .store import H5Dims, H5Manager
-    arrays = load_input_arrays(args.input)
+    arrays = load_input_arrays(args.input, provided=("losvd",) if args.losvd else ())
+    if args.losvd:                          # LOSVDs made elsewhere (cubefit.ifu.losvds)
+        from .ifu.losvds import read_losvd_file
+        arrays["losvd"], arrays["vel_pix"] = read_losvd_file(args.losvd)
     tem, obs = arrays.pop("tem_pix"), arrays.pop("obs_pix")
     S, V, C = np.shape(arrays["losvd"])
     P = np.shape(arrays["templates"])[0]
@@ -166,12 +179,20 @@ def cmd_solve(args) -> int:
         ridge=args.ridge, orbit_weights=_orbit_weights(args.orbit_weights),
         orbit_strength=args.orbit_strength, processes=args.processes,
         blas_threads=args.blas_threads, resume=args.resume, track=not args.no_track,
-        norm_mode=args.norm_mode, time_limit=args.time_limit,
+        norm_mode=args.norm_mode, time_limit=args.time_limit, nmonte=args.nmonte, seed=args.seed,
         **({} if args.max_passes is None else {"max_passes": args.max_passes}))
     fr = ", ".join(f"{v:.3f}" for v in stats["light_fractions"])
     print(f"{args.file}: /X_global written ({np.count_nonzero(x)} of {x.size} weights non-zero) by "
           f"{stats['method']}; cost {stats['cost']:.6g}, optimality {stats['optimality']:.2g} "
           f"({stats['message']}); component light fractions {fr}")
+    if stats["regul_search"] is not None:
+        rs = stats["regul_search"]
+        print(f"{args.file}: regul auto = {rs.regul:.4g} (chi2 rise {rs.delta_chi2:.4g}, "
+              f"sqrt(2N) = {rs.sqrt_2n:.4g}, {rs.strengths.size} solves)")
+    if stats["uncertainties"] is not None:
+        err = ", ".join(f"{v:.4f}" for v in stats["uncertainties"]["light_fraction"]["std"])
+        print(f"{args.file}: /Fit/uncertainties from {args.nmonte} Monte-Carlo re-solves; "
+              f"light-fraction errors (std) {err}")
     return 0 if stats["success"] else 1
 
 
@@ -244,6 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("input", help="input arrays: .npz, .fits (one HDU per array) or .h5")
     i.add_argument("output", help="CubeFit HDF5 file to create")
     i.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it holds other dimensions")
+    i.add_argument("--losvd", default=None, metavar="FILE",
+                   help="take /LOSVD (S, V, C) and /VelPix (V,) km/s from FILE (FITS: HDUs LOSVD "
+                        "and VELPIX; HDF5: datasets LOSVD and VelPix) instead of INPUT")
     i.set_defaults(func=cmd_init)
 
     b = sub.add_parser("build", help="build the materialised hypercube /HyperCube/models",
@@ -286,8 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="solver: auto, gram, working_set, fista, ... (default: %(default)s)")
     so.add_argument("--tol", type=float, default=1e-6,
                     help="KKT tolerance on the relative projected gradient (default: %(default)s)")
-    so.add_argument("--regul", type=float, default=0.0,
-                    help="Tikhonov strength over each component's population grid, dimensionless "
+    so.add_argument("--regul", type=_regul, default=0.0,
+                    help="Tikhonov strength over each component's population grid, dimensionless, "
+                         "or 'auto': the largest whose chi2 rises by at most sqrt(2N) "
                          "(default: %(default)s)")
     so.add_argument("--regul-order", type=int, choices=(1, 2), default=2,
                     help="order of the Tikhonov differences (default: %(default)s)")
@@ -313,6 +338,11 @@ def build_parser() -> argparse.ArgumentParser:
     so.add_argument("--time-limit", type=_positive_float, default=None, metavar="SECONDS",
                     help="stop an iterative solver after this many seconds with its best point, "
                          "without a certificate (default: no limit)")
+    so.add_argument("--nmonte", type=int, default=0, metavar="N",
+                    help="Monte-Carlo re-solves with noise drawn from /Noise (a residual bootstrap "
+                         "without it) for /Fit/uncertainties; 0: none (default: %(default)s)")
+    so.add_argument("--seed", type=int, default=None,
+                    help="seed of the Monte-Carlo draws (default: unseeded)")
     so.set_defaults(func=cmd_solve)
 
     r = sub.add_parser("recon", help="reconstruct the model cube A·x",

@@ -68,10 +68,12 @@ def _read_all(path: Path) -> dict:
     raise ValueError(f"{path}: unknown input format {suffix!r}; give a .npz, .fits or .h5 file")
 
 
-def load_input_arrays(path) -> dict:
+def load_input_arrays(path, provided=()) -> dict:
     """``{argument: array}`` for :meth:`H5Manager.populate_from_arrays` (plus the grids).
 
-    Raises ``ValueError`` listing the missing arrays and the names that are accepted.
+    ``provided``: required arguments that come from elsewhere (e.g. ``("losvd",)`` with
+    ``cubefit init --losvd``).  Raises ``ValueError`` listing the missing arrays and the
+    names that are accepted.
     """
     path = Path(path)
     if not path.exists():
@@ -82,7 +84,7 @@ def load_input_arrays(path) -> dict:
         hit = next((n for n in names if n in found), None)
         if hit is not None:
             out[arg] = found[hit]
-    missing = [a for a in REQUIRED if a not in out]
+    missing = [a for a in REQUIRED if a not in out and a not in provided]
     if missing:
         hints = "; ".join(f"{a}: one of {', '.join(ALIASES[a])}" for a in missing)
         raise ValueError(f"{path}: missing input arrays {missing} (found {sorted(found)}); "

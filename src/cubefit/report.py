@@ -59,10 +59,14 @@ def _table(header, rows) -> list[str]:
     return out
 
 
-def _component_table(a: Analysis, kind: str) -> list[str]:
+def _component_table(a: Analysis, kind: str, errors: dict | None = None) -> list[str]:
     """Markdown table of one kind ("light"/"mass"): fraction, ⟨log age⟩, ⟨[M/H]⟩ per component,
-    with truth and difference columns for a mock."""
+    with truth and difference columns for a mock, and "± σ" from the Monte-Carlo
+    ``errors`` ({quantity: (5, C)} of ``/Fit/uncertainties``, row 4 the std) when given."""
     fit, truth = a.fit, a.truth
+    errors = errors or {}
+    unc = {"fraction": errors.get("light_fraction") if kind == "light" else None,
+           "⟨log age⟩ [dex]": errors.get(f"log_age_{kind}"), "⟨[M/H]⟩ [dex]": errors.get(f"metal_{kind}")}
     cols = [("fraction", lambda p: p.fractions(kind), ".4f"),
             ("⟨log age⟩ [dex]", lambda p: p.mean_log_age(kind), ".3f"),
             ("⟨[M/H]⟩ [dex]", lambda p: p.mean_metal(kind), ".3f")]
@@ -75,7 +79,8 @@ def _component_table(a: Analysis, kind: str) -> list[str]:
         row = [fit.names[c]]
         for name, fn, spec in cols:
             f = fn(fit)[c]
-            cell = _fmt(f, spec) + (f" ({_age_gyr(f)})" if "age" in name else "")
+            cell = _fmt(f, spec) + (f" ± {_fmt(unc[name][4][c], spec)}" if unc[name] is not None
+                                    else "") + (f" ({_age_gyr(f)})" if "age" in name else "")
             if truth is not None:
                 t = fn(truth)[c]
                 row += [_fmt(t, spec) + (f" ({_age_gyr(t)})" if "age" in name else ""), cell,
@@ -86,8 +91,10 @@ def _component_table(a: Analysis, kind: str) -> list[str]:
     return _table(header, rows)
 
 
-def markdown(a: Analysis, figures: list, *, title: str, run_info: dict | None = None) -> str:
-    """The text of ``report.md`` for an analysis and its figure paths (relative links)."""
+def markdown(a: Analysis, figures: list, *, title: str, run_info: dict | None = None,
+             errors: dict | None = None) -> str:
+    """The text of ``report.md`` for an analysis and its figure paths (relative links);
+    ``errors``: ``/Fit/uncertainties`` ({quantity: (5, C)}) shown as ± σ in the tables."""
     attrs = a.fit_attrs
     lines = [f"# {title}", "", f"File: `{a.path.name}` (written by cubefit {__version__})."]
     if run_info:
@@ -109,9 +116,12 @@ def markdown(a: Analysis, figures: list, *, title: str, run_info: dict | None = 
               f"λ-weights {'on' if attrs.get('setting.lambda_weights') else 'off'}.",
               f"- {chi_name} per spaxel: median {np.median(a.chi2):.3g}, "
               f"range {a.chi2.min():.3g}–{a.chi2.max():.3g}."]
-    lines += ["", "## Components: light-weighted", ""] + _component_table(a, "light")
+    lines += ["", "## Components: light-weighted", ""] + _component_table(a, "light", errors)
     if a.fit.mass is not None:
-        lines += ["", "## Components: mass-weighted", ""] + _component_table(a, "mass")
+        lines += ["", "## Components: mass-weighted", ""] + _component_table(a, "mass", errors)
+    if errors:
+        lines += ["", f"± σ: standard deviation over {attrs.get('uncertainties.nmonte')} Monte-Carlo "
+                      f"re-solves ({attrs.get('uncertainties.kind')}; cubefit.uncertainties)."]
     total = a.fit.summary()["total"]
     lines += ["", f"All components together: ⟨log age⟩_L = {_fmt(total['mean_log_age_light'])} dex "
                   f"({_age_gyr(total['mean_log_age_light'])}), ⟨[M/H]⟩_L = "
@@ -143,6 +153,7 @@ def write_report(h5, out_dir, *, title: str = "CubeFit report", run_info: dict |
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     a = analyse(h5, config=config)
+    errors, regul_fig = _ifu_extras(h5, out, a.fit_attrs, config)   # Monte Carlo, regul="auto"
     rows = [("true", a.truth), ("fit", a.fit)] if a.truth is not None else [("fit", a.fit)]
     figs = []
     if a.truth is not None:
@@ -161,6 +172,7 @@ def write_report(h5, out_dir, *, title: str = "CubeFit report", run_info: dict |
         figs.append(plots.plot_fit_history(a.history, out / "fit_history.png",
                                            tol=a.fit_attrs.get("setting.tol"),
                                            title=f"solver {a.fit_attrs.get('solver', '?')}"))
+    figs += regul_fig
     for old in out.glob("spectrum_*.png"):      # spaxel numbers change from run to run
         old.unlink()
     figs += plots.plot_best_worst(a.lam, a.data, a.model, a.mask, a.chi2, out, n_spectra,
@@ -175,13 +187,30 @@ def write_report(h5, out_dir, *, title: str = "CubeFit report", run_info: dict |
                "solver": {k: _plain(a.fit_attrs.get(k)) for k in
                           ("solver", "status", "success", "message", "cost", "optimality", "nit",
                            "passes", "time_total_s", "setting.regul", "setting.tol")},
+               "uncertainties": {k: np.asarray(v).tolist() for k, v in errors.items()},
                "run_info": run_info or {}, "figures": [p.name for p in figs]}
     sj = out / "summary.json"
     sj.write_text(json.dumps(summary, indent=2, default=_plain) + "\n")
     md = out / "report.md"
-    md.write_text(markdown(a, figs, title=title, run_info=run_info))
+    md.write_text(markdown(a, figs, title=title, run_info=run_info, errors=errors))
     log.debug("report written to %s (%d figures)", out, len(figs))
     return Report(folder=out, markdown=md, summary=sj, figures=figs, analysis=a)
+
+
+def _ifu_extras(h5, out: Path, attrs: dict, config) -> tuple[dict, list]:
+    """``(errors, figures)``: ``/Fit/uncertainties`` statistics ({quantity: (5, C)}) and the
+    χ² curve of a ``regul="auto"`` search drawn to ``regul_curve.png``."""
+    from .regul_auto import plot_regul_curve
+    from .runner import read_fit
+    _, _, data = read_fit(h5, config=config)
+    errors = {k.split("/", 1)[1]: v for k, v in data.items()
+              if k.startswith("uncertainties/") and k.count("/") == 1 and np.ndim(v) == 2}
+    figs = []
+    if "regul_search/strength" in data:
+        figs.append(plot_regul_curve(data["regul_search/strength"], data["regul_search/chi2"],
+                                     chi2_0=attrs["regul_auto.chi2_0"], target=attrs["regul_auto.target"],
+                                     chosen=attrs["setting.regul"], path=out / "regul_curve.png"))
+    return errors, figs
 
 
 def _plain(v):

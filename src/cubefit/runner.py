@@ -104,10 +104,13 @@ from .config import Config, get_config
 from .hypercube import MODELS, _status
 from .losvd import NORM_MODES
 from .operator import LOSVDOperator
+from .regul_auto import UNUSED_ATTRS as REGUL_UNUSED, resolve_regul
+from .schema_extra import FIT_ATTRS as FIT_ATTRS_EXTRA
 from .solvers import solve
 from .solvers.priors import with_priors
 from .store import SCHEMA, _edit, _stamp, open_h5, write_dataset
 from .tracking import FitTracker, latest_snapshot
+from .uncertainties import UNUSED_ATTRS as MC_UNUSED, check_nmonte, monte_carlo_for_file
 from .weights import read_lambda_weights, weights_summary
 
 log = logging.getLogger(__name__)
@@ -177,6 +180,7 @@ FIT_ATTRS: dict[str, tuple[str, str]] = {
 }
 """``/Fit`` attribute → (units, meaning); stored with the group as JSON (``attr_units``,
 ``attr_descriptions``) so the file describes itself.  :func:`write_fit` refuses others."""
+FIT_ATTRS.update(FIT_ATTRS_EXTRA)        # regul="auto", Monte-Carlo uncertainties
 
 
 def _none(v):
@@ -395,7 +399,7 @@ class PipelineRunner:
                              orbit_strength: float = 1.0, regul_order: int = 2,
                              track: bool = True, resume: bool = False,
                              norm_mode: str | None = None, time_limit: float | None = None,
-                             **kw):
+                             nmonte: int = 0, seed=None, **kw):
         """Solve the global fit and write ``/X_global`` and ``/Fit``; returns ``(x, stats)``.
 
         Parameters
@@ -412,6 +416,10 @@ class PipelineRunner:
         tol : KKT tolerance (the solvers' ``gtol``).
         regul, regul_order, ridge : Tikhonov and ridge priors
             (:mod:`cubefit.solvers.priors`), over the ``/Templates`` ``pop_shape`` grid.
+            ``regul="auto"``: the largest strength whose χ² rises by at most √(2N)
+            (:mod:`cubefit.regul_auto`; the search is stored in ``/Fit/regul_search``).
+        nmonte, seed : Monte-Carlo re-solves after the fit (:mod:`cubefit.uncertainties`;
+            0: none), stored in ``/Fit/uncertainties``; ``seed`` of their noise draws.
         track : write a fit-tracker sidecar.
         norm_mode : ``"data"`` or ``"model"`` (docs/data-model.md); default: the hypercube's, else
             ``"data"``.  With a complete hypercube in the other normalisation this is
@@ -440,6 +448,7 @@ class PipelineRunner:
             raise ValueError(f"lr: expected a positive learning rate or None, got {lr!r}")
         if not (np.isfinite(tol) and tol > 0):
             raise ValueError(f"tol: expected a positive KKT tolerance, got {tol!r}")
+        nmonte = check_nmonte(nmonte)
         seed_knobs = {k: v for k, v in (("epochs", epochs), ("lr", lr),
                                         ("pixels_per_aperture", pixels_per_aperture)) if v is not None}
         if seed_knobs:
@@ -453,9 +462,10 @@ class PipelineRunner:
                                    lambda_weights=w, use_ivar=True, config=self.config,
                                    workers=processes)
         n = op.C * op.P
-        prob = with_priors(op, orbit_weights=orbit_weights, orbit_strength=orbit_strength,
-                           regul=regul, regul_order=regul_order, pop_shape=fs["pop_shape"],
-                           ridge=ridge)
+        priors = dict(orbit_weights=orbit_weights, orbit_strength=orbit_strength,
+                      regul_order=regul_order, pop_shape=fs["pop_shape"], ridge=ridge)
+        regul, search = resolve_regul(op, regul, priors, method=method, gtol=tol)
+        prob = with_priors(op, regul=regul, **priors)
         x_start, x0_source = self._warm_start(x0, resume, n, fs["has_x_global"])
         t_setup = time.perf_counter() - t0
 
@@ -466,7 +476,8 @@ class PipelineRunner:
                     "norm_mode": fs["norm_mode"], "amp_mode": fs["amp_mode"], "backend": op.backend,
                     "lambda_weights": bool(self.config.lambda_weights_enable),
                     "ivar": fs["has_noise"], "resume": resume, "track": track,
-                    "time_limit": time_limit,
+                    "time_limit": time_limit, "regul_auto": search is not None,
+                    "nmonte": nmonte, "seed": seed,
                     "solver_options": json.dumps(kw, default=str)}
         # The tracker closes with status "failed (<Exception>)" if the solve raises.
         with (FitTracker(self.path, config=self.config, x_size=n,
@@ -508,6 +519,12 @@ class PipelineRunner:
         datasets.update(light_fractions=fractions, component_light=light)
         if prob.orbit_weights is not None:
             datasets["orbit_weights"] = prob.orbit_weights
+        mc = monte_carlo_for_file(self.path, op, x, nmonte=nmonte, seed=seed, config=self.config,
+                                  priors=dict(priors, regul=regul), method=res.method, gtol=tol,
+                                  scale=prob.scale if (regul or ridge) else None) if nmonte else None
+        for extra, unused in ((search, REGUL_UNUSED), (mc, MC_UNUSED)):   # regul="auto", Monte Carlo
+            attrs.update(unused if extra is None else extra.attrs())
+            datasets.update({} if extra is None else extra.datasets())
         write_fit(self.path, x, attrs, datasets, config=self.config)
         log.debug("%s: /X_global written (%s, status %d, cost %.6g, optimality %.3g, %d passes)",
                  self.path, res.method, res.status, res.cost, res.optimality, res.passes)
@@ -517,5 +534,6 @@ class PipelineRunner:
                  "passes": res.passes, "timings": dict(res.timings, setup=t_setup),
                  "history": res.history, "light_fractions": fractions, "component_light": light,
                  "orbit_weights": prob.orbit_weights, "x0_source": x0_source, "sidecar": sidecar,
-                 "settings": settings, "result": res}
+                 "settings": settings, "result": res, "regul_search": search,
+                 "uncertainties": None if mc is None else mc.summary()}
         return x, stats

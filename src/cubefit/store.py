@@ -30,6 +30,7 @@ from . import C_KMS, __version__
 from .config import Config, get_config
 from .grids import check_log_grid, edges_from_centres, rebin_matrix
 from .losvd import check_losvd, check_vel_grid, kernel_half_width
+from .schema_extra import SCHEMA as SCHEMA_EXTRA
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +137,9 @@ SCHEMA: dict[str, tuple[str, str]] = {
                                         "wall_s [s], crc [CRC32 of x, iteration, cost]",
                                         "metadata of each /Tracker/snapshots/history slot"),
 }
+
+# IFU path, Monte-Carlo uncertainties, regul="auto" (cubefit.schema_extra).
+SCHEMA.update(SCHEMA_EXTRA)
 
 
 @dataclass(frozen=True)

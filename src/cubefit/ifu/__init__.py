@@ -1,0 +1,8 @@
+"""From an observed IFU cube to the global fit (docs/ifu.md).
+
+* :mod:`cubefit.ifu.readers` — MUSE, MaNGA and generic FITS cubes → :class:`IFUCube`;
+* :mod:`cubefit.ifu.binning` — spatial bins to a target S/N (PowerBin), bin maps;
+* :mod:`cubefit.ifu.losvds` — Gauss–Hermite moments → LOSVD histograms ``(S, V, C)``,
+  LOSVDs imported from other sources;
+* :mod:`cubefit.ifu.prepare` — binned spectra, LOSVDs and templates → a CubeFit file.
+"""
