@@ -29,9 +29,10 @@ from . import C_KMS, __version__
 from .config import Config, get_config
 from .grids import check_log_grid, edges_from_centres, rebin_matrix
 from .losvd import check_losvd, check_vel_grid, kernel_half_width
-from .provenance import digest, drop_stale_products, inputs_fingerprint
+from .provenance import digest, drop_stale_products, inputs_fingerprint, stale_products
 from .validate import (as_real_array, check_components_have_light, check_dims_match,
-                       check_ln_lambda_range, check_noise_weights, check_templates_not_zero, losvd_axes)
+                       check_ln_lambda_range, check_noise_weights, check_templates_not_zero, losvd_axes,
+                       spaxels_of)
 
 log = logging.getLogger(__name__)
 
@@ -506,8 +507,7 @@ class H5Manager:
         if Y.ndim != 2:
             raise ValueError(f"/DataCube (datacube): expected (S, L) with L = len(/ObsPix) = {L}, got "
                              f"shape {Y.shape}")
-        n_spat = Y.shape[0] if Y.shape[1] == L else (Y.shape[1] if Y.shape[0] == L else None)
-        losvd_axes(H.shape, n_spat, None if vel_pix is None else np.size(vel_pix),
+        losvd_axes(H.shape, spaxels_of(Y.shape, L), None if vel_pix is None else np.size(vel_pix),
                    None if stored_dims is None else stored_dims.nComp)
         S, V, C = H.shape
         if vel_pix is None:
@@ -739,7 +739,8 @@ def describe_file(path, config: Config | None = None) -> dict:
     """Summary of a CubeFit file: dims, datasets (shape, dtype, units, meaning), attrs.
 
     Returns ``{"path", "attrs": {...}, "datasets": [(name, shape, dtype, units, meaning)],
-    "stages": {stage: bool}}``.
+    "stages": {stage: bool}, "stale": {product: reason}}``; a stage whose product was
+    made from other inputs than the file holds is False and listed in ``stale``.
     """
     rows = []
     with open_h5(path, "r", config=config) as f:
@@ -750,14 +751,15 @@ def describe_file(path, config: Config | None = None) -> dict:
                 rows.append(("/" + name, tuple(obj.shape), str(obj.dtype),
                              _plain(obj.attrs.get("units", "")), _plain(obj.attrs.get("description", ""))))
         f.visititems(visit)
+        stale = stale_products(f, (config or get_config()).lambda_weights_dset)
         stages = {
             "inputs": all(n in f for n in ("/Templates", "/DataCube", "/LOSVD", "/VelPix")),
             "rebin": "/R_T" in f,
-            "hypercube": "/HyperCube/models" in f,
-            "lambda_weights": "/HyperCube/lambda_weights" in f,
-            "fit": "/X_global" in f,
+            "hypercube": "/HyperCube/models" in f and "/HyperCube/models" not in stale,
+            "lambda_weights": "/HyperCube/lambda_weights" in f and "/HyperCube/lambda_weights" not in stale,
+            "fit": "/X_global" in f and "/X_global" not in stale,
         }
-    return {"path": str(path), "attrs": attrs, "datasets": sorted(rows), "stages": stages}
+    return {"path": str(path), "attrs": attrs, "datasets": sorted(rows), "stages": stages, "stale": stale}
 
 
 def _plain(v):

@@ -24,7 +24,7 @@ import itertools
 
 import numpy as np
 
-__all__ = ["as_real_array", "check_ln_lambda_range", "losvd_axes", "check_components_have_light",
+__all__ = ["as_real_array", "check_ln_lambda_range", "losvd_axes", "spaxels_of", "check_components_have_light",
            "check_templates_not_zero", "check_noise_weights", "check_dims_match", "LAMBDA_RANGE_A"]
 
 LAMBDA_RANGE_A = (100.0, 1.0e5)
@@ -101,6 +101,15 @@ def losvd_axes(shape, S: int | None = None, V: int | None = None, C: int | None 
                          f"does as ({', '.join(labels)}); the layout is (S, V, C): pass {options}")
     raise ValueError(f"{name}: shape {shape} does not match (S, V, C) with {known} in any axis order; "
                      "check the LOSVD against the data cube and /VelPix")
+
+
+def spaxels_of(datacube_shape, L: int) -> int | None:
+    """Number of spaxels of a data cube ``(S, L)`` or ``(L, S)`` with ``L`` pixels (None if
+    neither axis has ``L``; the first axis when both have)."""
+    shape = tuple(datacube_shape)
+    if len(shape) != 2:
+        return None
+    return shape[0] if shape[1] == L else (shape[1] if shape[0] == L else None)
 
 
 def check_components_have_light(H: np.ndarray, name: str = "/LOSVD") -> None:
