@@ -30,8 +30,9 @@ from .config import Config, get_config
 from .grids import check_log_grid, edges_from_centres, rebin_matrix
 from .losvd import check_losvd, check_vel_grid, kernel_half_width
 from .provenance import digest, drop_stale_products, inputs_fingerprint, stale_products
-from .validate import (as_real_array, check_components_have_light, check_dims_match,
-                       check_ln_lambda_range, check_noise_weights, check_templates_not_zero, losvd_axes,
+from .validate import (as_real_array, check_components_have_light, check_dims_match, check_grid_unchanged,
+                       crop_hint,
+                       check_ln_lambda_range, check_magnitude, check_noise_weights, check_templates_not_zero, losvd_axes,
                        spaxels_of)
 
 log = logging.getLogger(__name__)
@@ -361,16 +362,9 @@ class H5Manager:
         with open_h5(self.path, "r", config=self.config) as f:
             return "dims" in f.attrs
 
-    def _crop_hint(self, shape) -> str:
-        """Why templates of ``shape`` may not fit the file's (cropped) ``/TemPix``."""
+    def _crop_hint(self) -> str:
         with open_h5(self.path, "r", config=self.config) as f:
-            a = f["/Templates"].attrs if "/Templates" in f else {}
-            if "T_len_in" not in a:
-                return ""
-            return (f"; the file's /TemPix is the template grid cropped at the first populate to "
-                    f"pixels {int(a['crop_i_lo'])}:{int(a['crop_i_hi'])} of the {int(a['T_len_in'])} "
-                    "given then (observed range plus the LOSVD kernel), so templates on the full grid "
-                    "need it again: H5Manager(path, tem_pix=<full template grid>, obs_pix=...)")
+            return crop_hint(dict(f["/Templates"].attrs)) if "/Templates" in f else ""
 
     def dims(self) -> H5Dims:
         """Dimensions recorded in the file (after template cropping)."""
@@ -419,22 +413,9 @@ class H5Manager:
     def _refuse_grid_change(self) -> None:
         """``ValueError`` if the grids given would replace those of a populated file."""
         with open_h5(self.path, "r", config=self.config) as f:
-            if "/DataCube" not in f:
-                return
-            for grid, name, arg in ((self.obs_pix, "/ObsPix", "obs_pix"), (self.vel_pix, "/VelPix", "vel_pix")):
-                if grid is None or name not in f:
-                    continue
-                old = f[name][...]
-                if old.shape == grid.shape and np.allclose(grid, old, rtol=1e-12, atol=0):
-                    continue
-                what = (f"{old.size} values, now {grid.size}" if old.shape != grid.shape else
-                        f"values differ by up to {float(np.max(np.abs(grid - old))):.3g}")
-                raise ValueError(
-                    f"{self.path}: init_base would replace {name} ({what}) of a populated file, whose "
-                    f"data and products are on the stored grid. Give the new grid together with the "
-                    f"data on it: H5Manager(path, {arg}=...).populate_from_arrays(...) (it re-checks "
-                    "everything and removes what the old inputs made), or start afresh with "
-                    "init_base(..., overwrite=True) (`cubefit init --overwrite`)")
+            for grid, name in ((self.obs_pix, "/ObsPix"), (self.vel_pix, "/VelPix")):
+                if grid is not None and name in f and "/DataCube" in f:
+                    check_grid_unchanged(f[name][...], grid, name, self.path)
 
     def _write_base(self, path, dims, new):
         with _edit(Path(path), self.config) as f:
@@ -507,8 +488,7 @@ class H5Manager:
         if Y.ndim != 2:
             raise ValueError(f"/DataCube (datacube): expected (S, L) with L = len(/ObsPix) = {L}, got "
                              f"shape {Y.shape}")
-        losvd_axes(H.shape, spaxels_of(Y.shape, L), None if vel_pix is None else np.size(vel_pix),
-                   None if stored_dims is None else stored_dims.nComp)
+        losvd_axes(H.shape, spaxels_of(Y.shape, L), None if vel_pix is None else np.size(vel_pix))
         S, V, C = H.shape
         if vel_pix is None:
             if V % 2 == 0:
@@ -552,7 +532,7 @@ class H5Manager:
             templates = lib.flux
         Tm = as_real_array(templates, "/Templates (templates)")
         if Tm.ndim != 2 or Tm.shape[1] != T_in:
-            crop = self._crop_hint(Tm.shape) if tem_from_file else ""
+            crop = self._crop_hint() if tem_from_file else ""
             raise ValueError(f"/Templates (templates): expected (P, T) with T = len(/TemPix) = {T_in}, "
                              f"got shape {Tm.shape}{crop}")
         P = Tm.shape[0]
@@ -624,6 +604,8 @@ class H5Manager:
         tem_c = tem_pix[i0:i1]
         T = tem_c.size
 
+        for arr, name in ((Y, "/DataCube"), (Tm, "/Templates"), (H, "/LOSVD")):
+            check_magnitude(arr, name)
         check_templates_not_zero(Tm[:, i0:i1], (np.exp(need_lo), np.exp(need_hi)))
         check_components_have_light(H)
         if sig is not None:

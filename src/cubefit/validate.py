@@ -15,6 +15,8 @@ refused input leaves the file as it was.
 * :func:`check_components_have_light`, :func:`check_templates_not_zero`,
   :func:`check_noise_weights` — inputs whose model columns or weights are all zero,
   for which every solver would return ``x = 0`` and nothing could be learnt.
+* :func:`check_magnitude` — values so large (> 1e100) that the objective's squares
+  and sums would overflow.
 * :func:`check_dims_match` — new inputs that contradict the dimensions a file was
   created with.
 """
@@ -24,11 +26,15 @@ import itertools
 
 import numpy as np
 
-__all__ = ["as_real_array", "check_ln_lambda_range", "losvd_axes", "spaxels_of", "check_components_have_light",
+__all__ = ["as_real_array", "check_ln_lambda_range", "losvd_axes", "spaxels_of", "check_magnitude",
+           "check_grid_unchanged", "crop_hint", "MAX_ABS", "check_components_have_light",
            "check_templates_not_zero", "check_noise_weights", "check_dims_match", "LAMBDA_RANGE_A"]
 
 LAMBDA_RANGE_A = (100.0, 1.0e5)
 """Wavelengths (Å) a grid must lie within: 100 Å to 10 µm."""
+
+MAX_ABS = 1.0e100
+"""Largest size accepted for data, templates and LOSVD values (:func:`check_magnitude`)."""
 
 
 def as_real_array(a, name: str, dtype=np.float64) -> np.ndarray:
@@ -112,6 +118,16 @@ def spaxels_of(datacube_shape, L: int) -> int | None:
     return shape[0] if shape[1] == L else (shape[1] if shape[0] == L else None)
 
 
+def check_magnitude(a: np.ndarray, name: str, limit: float = MAX_ABS) -> None:
+    """Finite values of ``a`` must stay below ``limit`` in size, so that the squares and
+    sums of the objective cannot overflow float64."""
+    finite = np.abs(a[np.isfinite(a)])
+    big = float(finite.max(initial=0.0))
+    if big > limit:
+        raise ValueError(f"{name}: values up to {big:.3g} in size (limit {limit:.0e}), whose squares "
+                         "and sums overflow float64; rescale them (e.g. to flux units of order 1)")
+
+
 def check_components_have_light(H: np.ndarray, name: str = "/LOSVD") -> None:
     """Every component of ``H (S, V, C)`` must be non-zero in at least one spaxel."""
     dark = np.flatnonzero(~np.any(H > 0, axis=(0, 1)))
@@ -148,6 +164,32 @@ def check_noise_weights(sig: np.ndarray, mask: np.ndarray, name: str = "/Noise")
     if not np.any(used > 0):
         raise ValueError(f"{name}: no unmasked pixel has a finite noise (1/Noise² is 0 everywhere), "
                          "so every pixel would be ignored; give finite noise where the data count")
+
+
+def check_grid_unchanged(stored: np.ndarray, given: np.ndarray, name: str, where) -> None:
+    """``init_base`` may not replace the grid ``name`` of a populated file by another one."""
+    if stored.shape == given.shape and np.allclose(given, stored, rtol=1e-12, atol=0):
+        return
+    what = (f"{stored.size} values, now {given.size}" if stored.shape != given.shape else
+            f"values differ by up to {float(np.max(np.abs(given - stored))):.3g}")
+    arg = {"/ObsPix": "obs_pix", "/VelPix": "vel_pix", "/TemPix": "tem_pix"}.get(name, name)
+    raise ValueError(f"{where}: init_base would replace {name} ({what}) of a populated file, whose data "
+                     f"and products are on the stored grid. Give the new grid together with the data "
+                     f"on it: H5Manager(path, {arg}=...).populate_from_arrays(...) (it re-checks "
+                     "everything and removes what the old inputs made), or start afresh with "
+                     "init_base(..., overwrite=True) (`cubefit init --overwrite`)")
+
+
+def crop_hint(template_attrs: dict) -> str:
+    """Why templates may not fit a populated file's ``/TemPix`` (from the crop attributes of
+    its ``/Templates``): '' when they record no crop."""
+    a = template_attrs
+    if "T_len_in" not in a:
+        return ""
+    return (f"; the file's /TemPix is the template grid cropped at the first populate to pixels "
+            f"{int(a['crop_i_lo'])}:{int(a['crop_i_hi'])} of the {int(a['T_len_in'])} given then "
+            "(observed range plus the LOSVD kernel), so templates on the full grid need that grid "
+            "again: H5Manager(path, tem_pix=<full template grid>, obs_pix=...)")
 
 
 def check_dims_match(stored: dict, given: dict, where: str) -> None:
