@@ -59,7 +59,7 @@ def test_populate_contradicting_init_dims_is_refused(tmp_path, small_mock):
                nPop=d.nPop))
     mgr = H5Manager(path, tem_pix=m.tem_pix, obs_pix=m.obs_pix)
     _refused(path, lambda: mgr.populate_from_arrays(**_kw(m)),
-             f"nComp: file {d.nComp + 1}, inputs {d.nComp}", "overwrite=True")
+             f"nComp (/LOSVD components): file {d.nComp + 1}, inputs {d.nComp}", "overwrite=True")
     assert mgr.dims().nComp == d.nComp + 1
 
 
@@ -68,7 +68,8 @@ def test_repopulate_with_more_components_is_refused(populated, small_mock):
     H = np.concatenate([m.losvd, m.losvd[:, :, :1]], axis=2)           # C + 1 components
     mgr = H5Manager(populated, tem_pix=m.tem_pix, obs_pix=m.obs_pix)
     _refused(populated, lambda: mgr.populate_from_arrays(**_kw(m, losvd=H)),
-             f"nComp: file {m.dims.nComp}, inputs {m.dims.nComp + 1}", "cubefit init --overwrite")
+             f"nComp (/LOSVD components): file {m.dims.nComp}, inputs {m.dims.nComp + 1}",
+             "cubefit init --overwrite")
 
 
 def test_init_base_with_shifted_grid_on_populated_file_is_refused(populated, small_mock):

@@ -786,7 +786,10 @@ class Inputs:
     @property
     def ivar(self) -> np.ndarray | None:
         """Inverse variance ``(S, L)`` from ``/Noise`` (0 where the noise is infinite)."""
-        return None if self.noise is None else 1.0 / self.noise**2
+        if self.noise is None:
+            return None
+        with np.errstate(over="ignore"):        # noise above ~1e154: weight 0, as for inf
+            return 1.0 / self.noise**2
 
 
 def read_inputs(path, config: Config | None = None) -> Inputs:

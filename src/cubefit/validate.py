@@ -83,7 +83,8 @@ def check_ln_lambda_range(x, name: str) -> None:
 
 def losvd_axes(shape, S: int | None = None, V: int | None = None, C: int | None = None,
                name: str = "/LOSVD (losvd)") -> None:
-    """Check that a LOSVD of ``shape`` is ``(S, V, C)`` for the known sizes (None: unknown).
+    """Check that a LOSVD of ``shape`` is ``(S, V, C)`` for the known sizes (None: unknown):
+    ``S`` spaxels of ``/DataCube``, ``V`` bins of ``/VelPix``, ``C`` components.
 
     When the sizes match only in another axis order (e.g. ``(S, C, V)``), the message
     says so and names the ``np.transpose`` that gives ``(S, V, C)``.
@@ -97,7 +98,8 @@ def losvd_axes(shape, S: int | None = None, V: int | None = None, C: int | None 
         return
     fits = [p for p in itertools.permutations(range(3))
             if all(w is None or w == shape[i] for w, i in zip(want, p))]
-    known = ", ".join(f"{k}={w}" for k, w in zip("SVC", want) if w is not None)
+    known = ", ".join(f"{k}={w}{src}" for k, w, src in
+                      zip("SVC", want, (" (/DataCube)", " (/VelPix)", "")) if w is not None)
     if fits:
         labels = ["?"] * 3
         for axis_name, i in zip("SVC", fits[0]):
@@ -106,7 +108,7 @@ def losvd_axes(shape, S: int | None = None, V: int | None = None, C: int | None 
         raise ValueError(f"{name}: shape {shape} does not match (S, V, C) with {known}, but it "
                          f"does as ({', '.join(labels)}); the layout is (S, V, C): pass {options}")
     raise ValueError(f"{name}: shape {shape} does not match (S, V, C) with {known} in any axis order; "
-                     "check the LOSVD against the data cube and /VelPix")
+                     "check /LOSVD against /DataCube and /VelPix")
 
 
 def spaxels_of(datacube_shape, L: int) -> int | None:
@@ -192,13 +194,18 @@ def crop_hint(template_attrs: dict) -> str:
             "again: H5Manager(path, tem_pix=<full template grid>, obs_pix=...)")
 
 
+_DIM_SOURCE = {"nSpat": "/LOSVD and /DataCube spaxels", "nLSpec": "/ObsPix pixels",
+               "nTSpec": "/TemPix pixels", "nVel": "/VelPix and /LOSVD bins",
+               "nComp": "/LOSVD components", "nPop": "/Templates rows"}
+
+
 def check_dims_match(stored: dict, given: dict, where: str) -> None:
     """``given`` sizes (e.g. ``{"nComp": 4}``) must equal the ``stored`` dimensions of a file.
 
     Raises ``ValueError`` naming each contradiction and the fix (start the file afresh).
     """
-    diffs = [f"{k}: file {stored[k]}, inputs {v}" for k, v in given.items()
-             if k in stored and int(stored[k]) != int(v)]
+    diffs = [f"{k} ({_DIM_SOURCE.get(k, 'inputs')}): file {stored[k]}, inputs {v}"
+             for k, v in given.items() if k in stored and int(stored[k]) != int(v)]
     if diffs:
         new = ", ".join(f"{k}={v}" for k, v in given.items())
         raise ValueError(f"{where} holds dimensions that these inputs contradict ({'; '.join(diffs)}); "
