@@ -191,6 +191,7 @@ def _fit(path, label):
         assert "data_flux" in str(exc) and "norm_mode='model'" in str(exc), (label, str(exc))
         COUNTS["fit needed norm_mode='model' (no positive flux for the data norm)"] += 1
         x, stats = PipelineRunner(path).solve_all_mp_batched(track=False, norm_mode="model")
+    COUNTS[f"fit status {stats['status']}"] += 1
     assert np.all(np.isfinite(x)) and np.all(x >= 0), label
     assert np.isfinite(stats["cost"]), label
     if stats["success"]:
