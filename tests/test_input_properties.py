@@ -26,13 +26,11 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis.extra import numpy as hnp
 
-hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
-from hypothesis.extra import numpy as hnp  # noqa: E402
-
-from cubefit.runner import PipelineRunner  # noqa: E402
-from cubefit.store import H5Manager  # noqa: E402
+from cubefit.runner import PipelineRunner
+from cubefit.store import H5Manager
 
 
 EXAMPLES = int(os.environ.get("RELIABILITY_EXAMPLES", "40"))

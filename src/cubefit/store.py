@@ -30,10 +30,9 @@ from .config import Config, get_config
 from .grids import check_log_grid, edges_from_centres, rebin_matrix
 from .losvd import check_losvd, check_vel_grid, kernel_half_width
 from .provenance import digest, drop_stale_products, inputs_fingerprint, stale_products
-from .validate import (as_real_array, check_components_have_light, check_dims_match, check_grid_unchanged,
-                       crop_hint,
-                       check_ln_lambda_range, check_magnitude, check_noise_weights, check_templates_not_zero, losvd_axes,
-                       spaxels_of)
+from .validate import (as_real_array, check_components_have_light, check_dims_match,
+                       check_grid_unchanged, check_ln_lambda_range, check_magnitude, check_noise_weights, check_templates_not_zero,
+                       crop_hint, losvd_axes, spaxels_of)
 
 log = logging.getLogger(__name__)
 
