@@ -163,6 +163,8 @@ def test_a_fit_made_from_other_inputs_is_never_reused(fitted, capsys):
     assert "fit=no" in out and "fit=yes" not in out and "stale:      /X_global" in out
     assert main(["recon", str(fitted)]) == 1
     assert "cubefit solve" in capsys.readouterr().err
+    assert main(["plot", str(fitted), "--out", str(fitted.parent / "figs")]) == 1
+    assert "does not belong to the file's data" in capsys.readouterr().err
     with pytest.raises(ValueError, match="does not belong to the file's data"):
         analyse(fitted)
     _, stats = PipelineRunner(fitted).solve_all_mp_batched(track=False, resume=True)
