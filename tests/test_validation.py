@@ -195,6 +195,17 @@ def test_runner_reports_a_file_with_dark_losvds_as_failed(populated, capsys):
     assert main(["solve", str(populated), "--no-track"]) == 1
 
 
+def test_runner_reports_infinite_noise_as_failed(populated):
+    """Infinite noise everywhere (populate refuses it; here written by another tool): the
+    weighted data vanish, the solver's x = 0 is exact, but nothing was fitted (was:
+    success, 'KKT test passed', light fractions [nan nan])."""
+    with h5py.File(populated, "r+") as f:
+        f["/Noise"][...] = np.inf
+    x, stats = PipelineRunner(populated).solve_all_mp_batched(track=False)
+    assert np.all(x == 0) and not stats["success"] and stats["status"] == -2
+    assert "weighted data are zero" in stats["message"] and "infinite noise" in stats["message"]
+
+
 def test_runner_level_check_catches_a_fit_without_light(populated, small_mock, monkeypatch):
     """Even if a solver claimed success on x = 0, the runner reports no light as a failure."""
     import cubefit.runner as runner

@@ -489,6 +489,9 @@ class PipelineRunner:
             status, success = -2, False
             message = (f"{STATUS[-2]}: the fitted components carry no light over the good pixels "
                        f"(light fractions {np.array2string(np.asarray(fractions), precision=3)})")
+            if not np.any(op.weighted_data()):
+                message += ("; the weighted data are zero: the data are zero, or every pixel with "
+                            "data has zero weight (mask × λ-weights × 1/Noise², e.g. infinite noise)")
         if not success:
             log.warning("%s: the fit is not certified: %s", self.path, message)
         attrs = {"solver": res.method, "status": status, "success": success,
