@@ -25,9 +25,10 @@ Rules
   (:func:`drop_stale_products`, called inside the populate edit, so the new inputs and
   the removal land together) and logs which inputs changed and what was removed.
   Re-populating with identical inputs keeps everything.
-* **Readers never reuse** a product whose key differs from the file's (a file edited by
-  hand or written by an older version): :func:`stale_products` lists them with the
-  reason; the rebin operator and generated λ-weights are rebuilt, a stale hypercube is
+* **Readers never reuse** a product whose key differs from the file's (a file whose
+  inputs were replaced by hand or by an older version): :func:`stale_products` lists
+  them with the reason (a product without a key was supplied by hand, e.g. the seed's
+  bare ``/X_global``, and is taken as it is); the rebin operator and generated λ-weights are rebuilt, a stale hypercube is
   refused (rebuild it), a stale fit is refused by analyses and reconstruction and ignored
   as a warm start, and ``cubefit info`` reports it as stale.
 """
@@ -123,19 +124,18 @@ def stale_products(f: h5py.File, lambda_dset: str = "/HyperCube/lambda_weights")
     fp = file_fingerprint(f)
     out = {}
 
-    def check(name, key):
-        if key != fp:
-            out[name] = ("made from other inputs" if key else
-                         "records no inputs fingerprint (made by an older version or by hand)")
+    def check(name, key):           # no key: supplied by hand (e.g. the seed's /X_global)
+        if key and key != fp:
+            out[name] = "made from other inputs"
 
     if "/HyperCube" in f and "models" in f["/HyperCube"]:
         check("/HyperCube/models", _made_from(f["/HyperCube"]))
     if lambda_dset in f and "method" in f[lambda_dset].attrs:     # generated, not user-supplied
         check(lambda_dset, _made_from(f[lambda_dset]))
-    if "/X_global" in f:
-        fit = f["/Fit"] if "/Fit" in f else None
-        check("/X_global", _made_from(fit) if fit is not None else "")
-        if "/X_global" not in out and fit is not None:
+    if "/X_global" in f and "/Fit" in f:
+        fit = f["/Fit"]
+        check("/X_global", _made_from(fit))
+        if "/X_global" not in out:
             used = _text(fit.attrs.get("lambda_weights_sha256", ""))
             if used not in ("", "none") and lambda_dset in f and dataset_digest(f[lambda_dset]) != used:
                 out["/X_global"] = f"made with other λ-weights than the stored {lambda_dset}"
@@ -149,7 +149,7 @@ def stale_products(f: h5py.File, lambda_dset: str = "/HyperCube/lambda_weights")
 
     def visit(name, obj):
         if isinstance(obj, h5py.Dataset) and "x_sha256" in obj.attrs:     # a model cube
-            if _made_from(obj) != fp:
+            if _made_from(obj) not in ("", fp):
                 out["/" + name] = "made from other inputs"
             elif _text(obj.attrs["x_sha256"]) != x_key:
                 out["/" + name] = "not made from the current /X_global"
