@@ -17,7 +17,7 @@ import reference
 from conftest import file_digest
 from cubefit.hypercube import (build_hypercube, convert_hypercube_norm, default_chunks,
                                hypercube_status, invalidate_tiles, recompress_models,
-                               recompute_col_energy)
+                               recompute_col_energy, require_complete)
 from cubefit.store import H5Manager, read_inputs
 from cubefit.weights import ensure_lambda_weights, read_lambda_weights
 
@@ -241,10 +241,20 @@ def test_other_settings_refused_same_settings_noop(h5, small_mock):
         assert file_digest(h5) == digest
     assert "convert_hypercube_norm" in str(pytest.raises(
         ValueError, build_hypercube, h5, norm_mode="model", progress=False, **CHUNKS).value)
-    # New inputs (another data cube) change the fingerprint: refused too.
+    # New inputs (another data cube) remove the cube made from the old ones.
     populate(h5, small_mock, losvd=dark_losvd(small_mock), datacube=small_mock.datacube * 1.01)
+    with h5py.File(h5, "r") as f:
+        assert "/HyperCube/models" not in f and "/HyperCube/data_flux" in f
+    assert build_hypercube(h5, norm_mode="data", progress=False, **CHUNKS).complete
+    # A cube that records other inputs than the file's (a hand edit, an older version)
+    # is refused by the build and by every reader, never used.
+    with h5py.File(h5, "r+") as f:
+        f["/HyperCube"].attrs["inputs_fingerprint"] = "another cube"
+    assert hypercube_status(h5).stale
     with pytest.raises(ValueError, match="inputs_fingerprint"):
         build_hypercube(h5, norm_mode="data", progress=False, **CHUNKS)
+    with h5py.File(h5, "r") as f, pytest.raises(ValueError, match="other inputs"):
+        require_complete(f)
     st = build_hypercube(h5, norm_mode="model", amp_mode="trapz", overwrite=True, progress=False,
                          **CHUNKS)
     assert st.complete and st.settings["norm.mode"] == "model"

@@ -152,11 +152,32 @@ def test_environment_settings(h5, monkeypatch, caplog):
     np.testing.assert_array_equal(read_lambda_weights(h5), np.ones(mask.size))
 
 
-def test_weights_from_other_inputs_are_flagged(h5, small_mock, caplog):
-    ensure_lambda_weights(h5)
-    populate(h5, small_mock, datacube=small_mock.datacube * 1.5)       # new data, same file
+def test_weights_from_other_inputs_are_never_reused(h5, small_mock, caplog, monkeypatch):
+    w_old = ensure_lambda_weights(h5, small_px=5, large_px=21)
+    with caplog.at_level(logging.WARNING, logger="cubefit"):
+        populate(h5, small_mock, datacube=small_mock.datacube * 1.5)   # new data, same file
+    assert "removed /HyperCube/lambda_weights" in caplog.text and str(h5) in caplog.text
+    with h5py.File(h5, "r") as f:
+        assert W not in f                                              # gone with the old data
+    # Weights whose recorded inputs differ from the file's (an older file, or a hand
+    # edit) are remade from the current data with their own parameters, never used.
+    ensure_lambda_weights(h5, small_px=5, large_px=21)
+    with h5py.File(h5, "r+") as f:
+        f[W][...] = w_old
+        f[W].attrs["inputs_fingerprint"] = "from another cube"
+    caplog.clear()
     with caplog.at_level(logging.WARNING, logger="cubefit.weights"):
+        w = read_lambda_weights(h5)
+    assert "remaking it" in caplog.text
+    with h5py.File(h5, "r") as f:
+        mask = f["/Mask"][...]
+        med = np.median(f["/DataCube"][...], axis=0)
+        assert f[W].attrs["inputs_fingerprint"] == f.attrs["inputs_fingerprint"]
+        assert f[W].attrs["small_px"] == 5 and f[W].attrs["large_px"] == 21
+    ref, _ = lambda_weights(med, mask, 5, 21)
+    np.testing.assert_allclose(w[mask], ref[mask], rtol=1e-12)
+    with h5py.File(h5, "r+") as f:
+        f[W].attrs["inputs_fingerprint"] = "from another cube"
+    monkeypatch.setenv("CUBEFIT_LAMBDA_WEIGHTS_AUTO", "0")
+    with pytest.raises(ValueError, match="made from other inputs"):
         read_lambda_weights(h5)
-    assert "made from other inputs" in caplog.text
-    with pytest.raises(ValueError, match="inputs_fingerprint"):
-        ensure_lambda_weights(h5)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import textwrap
 from pathlib import Path
@@ -92,6 +93,8 @@ def _print_info(path) -> None:
         elif not st.complete:
             stages["hypercube"] = f"{st.n_done}/{st.n_tiles} tiles"
     print("stages:     " + ", ".join(f"{k}={v}" for k, v in stages.items()))
+    for name, why in d["stale"].items():
+        print(f"stale:      {name} was {why}; not used (rebuild it)")
     rows = d["datasets"]
     w = max((len(r[0]) for r in rows), default=8)
     ws = max((len(str(r[1])) for r in rows), default=5)
@@ -99,7 +102,7 @@ def _print_info(path) -> None:
     print(f"\n{'dataset':<{w}}  {'shape':<{ws}}  {'dtype':<8}  {'units':<{wu}}  meaning")
     for name, shape, dtype, units, desc in rows:
         print(f"{name:<{w}}  {str(shape):<{ws}}  {dtype:<8}  {str(units):<{wu}}  {desc}")
-    skip = {"dims", "dims_names", "cubefit_version", "modified_utc"}
+    skip = {"dims", "dims_names", "cubefit_version", "modified_utc", "input_digests"}
     settings = {k: v for k, v in a.items() if k not in skip}
     if settings:
         print("\nsettings:")
@@ -113,20 +116,36 @@ def cmd_info(args) -> int:
 
 
 def cmd_init(args) -> int:
+    """A new OUTPUT (or one replaced with --overwrite) is assembled in a temporary file
+    beside it and renamed into place only when complete, so a failed init leaves no file
+    (or the previous one); an existing OUTPUT is updated by steps that are each atomic."""
     from .inputs import load_input_arrays
     from .store import H5Dims, H5Manager
+    from .validate import losvd_axes, spaxels_of
     arrays = load_input_arrays(args.input, provided=("losvd",) if args.losvd else ())
     if args.losvd:                          # LOSVDs made elsewhere (cubefit.ifu.losvds)
         from .ifu.losvds import read_losvd_file
         arrays["losvd"], arrays["vel_pix"] = read_losvd_file(args.losvd)
     tem, obs = arrays.pop("tem_pix"), arrays.pop("obs_pix")
+    vel = arrays.get("vel_pix")
+    losvd_axes(np.shape(arrays["losvd"]), spaxels_of(np.shape(arrays["datacube"]), np.size(obs)),
+               None if vel is None else np.size(vel))
     S, V, C = np.shape(arrays["losvd"])
     P = np.shape(arrays["templates"])[0]
-    mgr = H5Manager(args.output, tem_pix=tem, obs_pix=obs, vel_pix=arrays.get("vel_pix"))
-    mgr.init_base(H5Dims(nSpat=S, nLSpec=len(obs), nTSpec=len(tem), nVel=V, nComp=C, nPop=P),
-                  overwrite=args.overwrite)
-    dims = mgr.populate_from_arrays(**arrays)
-    mgr.ensure_rebin_and_resample()
+    out = Path(args.output)
+    fresh = args.overwrite or not out.exists()
+    target = out.with_name(f".{out.name}.new-{os.getpid()}") if fresh else out
+    try:
+        mgr = H5Manager(target, tem_pix=tem, obs_pix=obs, vel_pix=vel)
+        mgr.init_base(H5Dims(nSpat=S, nLSpec=np.size(obs), nTSpec=np.size(tem), nVel=V, nComp=C,
+                             nPop=P), overwrite=args.overwrite)
+        dims = mgr.populate_from_arrays(**arrays)
+        mgr.ensure_rebin_and_resample()
+        if fresh:
+            os.replace(target, out)
+    finally:
+        if fresh and target.exists():
+            target.unlink()
     print(f"{args.output}: {dims}; next: cubefit solve {args.output}")
     return 0
 
@@ -197,11 +216,13 @@ def cmd_solve(args) -> int:
 
 
 def cmd_recon(args) -> int:
+    from .provenance import require_fresh_fit
     from .recon import reconstruct
     from .store import open_h5
     with open_h5(args.file, "r") as f:
         if "/X_global" not in f:
             raise KeyError(f"{args.file}: no /X_global; run `cubefit solve {args.file}` first")
+        require_fresh_fit(f, "the reconstruction")
         x = f["/X_global"][...]
     spaxels = None if args.spaxels is None else [int(v) for v in args.spaxels.split(",")]
     Y = reconstruct(args.file, x, out=args.out, spaxels=spaxels)
@@ -264,7 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "manual's layout and build the sparse rebin operator /R_T.")
     i.add_argument("input", help="input arrays: .npz, .fits (one HDU per array) or .h5")
     i.add_argument("output", help="CubeFit HDF5 file to create")
-    i.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it holds other dimensions")
+    i.add_argument("--overwrite", action="store_true",
+                   help="start OUTPUT afresh even if it holds other dimensions or grids (the old file "
+                        "is replaced only once the new one is complete)")
     i.add_argument("--losvd", default=None, metavar="FILE",
                    help="take /LOSVD (S, V, C) and /VelPix (V,) km/s from FILE (FITS: HDUs LOSVD "
                         "and VELPIX; HDF5: datasets LOSVD and VelPix) instead of INPUT")

@@ -143,7 +143,9 @@ def default_chunks(S: int, C: int, P: int, L: int, target_bytes: int = _CHUNK_TA
 class HypercubeStatus:
     """Progress of ``/HyperCube/models``: settings, tile grid and the tiles still missing.
 
-    ``missing (k, 3)`` holds the ``(iS, iC, iP)`` of tiles whose bit is 0.
+    ``missing (k, 3)`` holds the ``(iS, iC, iP)`` of tiles whose bit is 0.  ``stale``:
+    the cube was made from other inputs than the file now holds (its
+    ``inputs_fingerprint`` differs from the file's); a stale cube is never used.
     """
 
     settings: dict
@@ -152,6 +154,7 @@ class HypercubeStatus:
     missing: np.ndarray
     complete: bool
     pending_conversion: str | None
+    stale: bool = False
 
     @property
     def n_tiles(self) -> int:
@@ -182,7 +185,9 @@ def _status(f: h5py.File) -> HypercubeStatus:
     return HypercubeStatus(settings={k: _attr(attrs[k]) for k in _SETTINGS if k in attrs},
                            grid=grid, n_done=int(done.sum()), missing=np.argwhere(~done),
                            complete=bool(attrs.get("complete", False)) and bool(done.all()),
-                           pending_conversion=_attr(attrs.get("norm.converting_to")))
+                           pending_conversion=_attr(attrs.get("norm.converting_to")),
+                           stale=_attr(attrs.get("inputs_fingerprint", ""))
+                           != _attr(f.attrs.get("inputs_fingerprint", "")))
 
 
 def hypercube_status(h5, config: Config | None = None) -> HypercubeStatus:
@@ -192,8 +197,13 @@ def hypercube_status(h5, config: Config | None = None) -> HypercubeStatus:
 
 
 def require_complete(f: h5py.File) -> HypercubeStatus:
-    """Status of an open file's cube; ``ValueError`` unless it is complete and consistent."""
+    """Status of an open file's cube; ``ValueError`` unless it is complete, consistent and
+    made from the inputs the file holds."""
     st = _status(f)
+    if st.stale:
+        raise ValueError(f"{f.filename}: {MODELS} was made from other inputs than the file now holds "
+                         "(inputs_fingerprint differs); rebuild it with build_hypercube(h5, "
+                         "overwrite=True) (`cubefit build --overwrite`)")
     if st.pending_conversion:
         raise ValueError(f"{f.filename}: a conversion of {MODELS} to norm {st.pending_conversion!r} "
                          f"was interrupted; finish it with convert_hypercube_norm(h5, "

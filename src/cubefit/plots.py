@@ -22,6 +22,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from .config import Config, get_config
+from .provenance import require_fresh_fit
 from .recon import reconstruct
 from .store import open_h5
 
@@ -112,13 +113,15 @@ def plot_best_worst(lam, data, model, mask, chi2, out_dir, n: int = 3, *, noise=
 def plot_spectra(h5, x=None, out_dir=".", n: int = 3, *, config: Config | None = None) -> list:
     """:func:`plot_best_worst` for a file: weights ``x (C·P,)`` (default ``/X_global``),
     spaxels ranked by :func:`spaxel_chi2` with ``/Noise`` as the inverse variance when
-    present.  Returns the PNG paths, best first."""
+    present.  A ``/X_global`` made from other inputs than the file holds is refused.
+    Returns the PNG paths, best first."""
     cfg = config or get_config()
     path = Path(h5)
     with open_h5(path, "r", config=cfg) as f:
         if x is None:
             if "/X_global" not in f:
                 raise KeyError(f"{path}: no /X_global; pass x= or run a solver first")
+            require_fresh_fit(f, "the plot")
             x = f["/X_global"][...]
         Y = f["/DataCube"][...]
         mask = f["/Mask"][...].astype(bool) if "/Mask" in f else np.ones(Y.shape[1], bool)

@@ -8,7 +8,6 @@ so a sparse solution touches a small part of the cube.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import numpy as np
 
 from .config import Config, get_config
 from .hypercube import MODELS, TileGrid, _status, check_spaxels, require_complete
+from .provenance import file_fingerprint, x_sha256
 from .store import SCHEMA, _edit, open_h5, write_dataset
 
 log = logging.getLogger(__name__)
@@ -73,9 +73,10 @@ def reconstruct(h5, x, out: str | None = None, spaxels=None, *,
         normalisation the columns are read from it; otherwise the matrix-free operator computes them in the fit's
         normalisation (``/Fit`` settings, else the cube's, else "data").
     x : ``(C·P,)`` or ``(C, P)`` population weights.
-    out : dataset to write the result to (e.g. ``"/ModelCube"``), with units and the
-        spaxel list as attributes; None only returns it.  Never an input or another
-        stage's result (:func:`check_output_name`).
+    out : dataset to write the result to (e.g. ``"/ModelCube"``), with units, the
+        spaxel list, the SHA-256 of ``x`` (``x_sha256``) and the file's
+        ``inputs_fingerprint`` as attributes; None only returns it.  Never an input or
+        another stage's result (:func:`check_output_name`).
     spaxels : spaxel indices; default all.
 
     Returns the float64 array in every case.
@@ -86,8 +87,10 @@ def reconstruct(h5, x, out: str | None = None, spaxels=None, *,
         if out is not None:
             out = check_output_name(f, out)
         # A cube converted to the other normalisation after the fit no longer matches x.
-        use_cube = MODELS in f and _status(f).complete \
-            and _status(f).settings.get("norm.mode") == fit_modes(f)[0]
+        st = _status(f) if MODELS in f else None
+        use_cube = st is not None and st.complete and not st.stale \
+            and st.settings.get("norm.mode") == fit_modes(f)[0]
+        fingerprint = file_fingerprint(f)
         units = f["/DataCube"].attrs.get("units", SCHEMA["/ModelCube"][0]) if "/DataCube" in f \
             else SCHEMA["/ModelCube"][0]
     if use_cube:
@@ -98,8 +101,8 @@ def reconstruct(h5, x, out: str | None = None, spaxels=None, *,
         with _edit(path, cfg) as f:
             ds = write_dataset(f, out, result, units=units, description=SCHEMA["/ModelCube"][1])
             ds.attrs["source"] = source
-            xs = np.ascontiguousarray(np.asarray(x, dtype=np.float64).ravel())
-            ds.attrs["x_sha256"] = hashlib.sha256(xs.data).hexdigest()
+            ds.attrs["x_sha256"] = x_sha256(x)
+            ds.attrs["inputs_fingerprint"] = fingerprint
             ds.attrs["spaxels"] = "all" if spaxels is None else np.asarray(spaxels, dtype=np.int64)
     return result
 

@@ -104,9 +104,10 @@ from .config import Config, get_config
 from .hypercube import MODELS, _status
 from .losvd import NORM_MODES
 from .operator import LOSVDOperator
+from .provenance import dataset_digest, stale_products
 from .regul_auto import UNUSED_ATTRS as REGUL_UNUSED, resolve_regul
 from .schema_extra import FIT_ATTRS as FIT_ATTRS_EXTRA
-from .solvers import solve
+from .solvers import STATUS, solve
 from .solvers.priors import with_priors
 from .store import SCHEMA, _edit, _stamp, open_h5, write_dataset
 from .tracking import FitTracker, latest_snapshot
@@ -125,7 +126,8 @@ _DEFAULT_NORM, _DEFAULT_AMP = "data", "sum"
 FIT_ATTRS: dict[str, tuple[str, str]] = {
     # result
     "solver": ("", "solver that produced /X_global (a cubefit.solvers.METHODS name)"),
-    "status": ("", "solver status: 1 KKT test passed, 2 stalled, 0 limit reached, -1 failure"),
+    "status": ("", "solver status: 1 KKT test passed, 2 stalled, 0 limit reached, -1 failure, "
+               "-2 degenerate (zero model of non-zero data)"),
     "success": ("bool", "status == 1: /X_global is certified optimal to the tolerance tol"),
     "message": ("", "solver message"),
     "cost": ("(data flux density)^2 x inverse variance",
@@ -177,6 +179,8 @@ FIT_ATTRS: dict[str, tuple[str, str]] = {
     "cubefit_version": ("", "package version that wrote the fit"),
     "created_utc": ("", "UTC time the fit was written"),
     "inputs_fingerprint": ("", "fingerprint of the inputs the fit used (root attribute)"),
+    "lambda_weights_sha256": ("", "digest of the stored λ-weights dataset the fit used ('none': "
+                              "no stored weights used)"),
 }
 """``/Fit`` attribute → (units, meaning); stored with the group as JSON (``attr_units``,
 ``attr_descriptions``) so the file describes itself.  :func:`write_fit` refuses others."""
@@ -351,15 +355,20 @@ class PipelineRunner:
             text = lambda v: v.decode() if isinstance(v, bytes) else str(v)  # noqa: E731
             pop = f["/Templates"].attrs.get("pop_shape") if "/Templates" in f else None
             cube_norm = text(hc["norm.mode"]) if "norm.mode" in hc else None
+            cube = _status(f) if MODELS in f else None
+            if cube is not None and cube.stale:     # made from other inputs: not a constraint
+                cube_norm = None
             if norm_mode is not None and cube_norm not in (None, norm_mode) \
-                    and MODELS in f and _status(f).complete:
+                    and cube is not None and cube.complete:
                 raise ValueError(f"{self.path}: norm_mode={norm_mode!r}, but /HyperCube/models is "
                                  f"built in norm_mode={cube_norm!r}; run convert_hypercube_norm("
                                  f"h5, to_mode={norm_mode!r}) first, or leave norm_mode out")
+            dset = self.config.lambda_weights_dset
             return {"norm_mode": norm_mode or cube_norm or _DEFAULT_NORM,
                     "amp_mode": text(hc.get("amp_mode", _DEFAULT_AMP)),
                     "pop_shape": None if pop is None else tuple(int(v) for v in pop),
-                    "has_x_global": "/X_global" in f, "has_noise": "/Noise" in f,
+                    "has_x_global": "/X_global" in f and "/X_global" not in stale_products(f, dset),
+                    "has_noise": "/Noise" in f,
                     "inputs_fingerprint": text(f.attrs.get("inputs_fingerprint", ""))}
 
     def _lambda_weights(self) -> np.ndarray:
@@ -371,18 +380,37 @@ class PipelineRunner:
         print(f"[cubefit] λ-weights: {weights_summary(w, mask)}{state}", flush=True)
         return w
 
-    def _warm_start(self, x0, resume: bool, n: int, has_x_global: bool):
-        """``(x0 or None, source)`` following the resume rules of the module docstring."""
+    def _weights_digest(self) -> str:
+        """Digest of the stored λ-weights the solve uses ('none' when it uses none)."""
+        with open_h5(self.path, "r", config=self.config) as f:
+            dset = self.config.lambda_weights_dset
+            return dataset_digest(f[dset]) if self.config.lambda_weights_enable and dset in f \
+                else "none"
+
+    def _snapshot_fingerprint(self, sidecar) -> str:
+        """The inputs fingerprint a tracker sidecar's run recorded ('' if none)."""
+        with open_h5(sidecar, "r", config=self.config) as f:
+            meta = f.attrs.get("meta_json", "{}")
+        return str(json.loads(meta.decode() if isinstance(meta, bytes) else meta)
+                   .get("inputs_fingerprint", ""))
+
+    def _warm_start(self, x0, resume: bool, n: int, has_x_global: bool, fingerprint: str):
+        """``(x0 or None, source)`` following the resume rules of the module docstring;
+        snapshots and ``/X_global`` made from other inputs are not used."""
         if x0 is not None:
             return np.asarray(x0, dtype=np.float64), "x0"
         if not resume:
             return None, "none"
         try:
             x, meta = latest_snapshot(self.path, "last")
-            if x.size == n:
+            if x.size != n:
+                log.warning("%s: the last snapshot has %d weights, this problem %d: ignored",
+                            self.path, x.size, n)
+            elif self._snapshot_fingerprint(meta["sidecar"]) != fingerprint:
+                log.warning("%s: the last snapshot (%s) was made from other inputs: ignored",
+                            self.path, meta["sidecar"])
+            else:
                 return x, f"snapshot {meta['sidecar']}"
-            log.warning("%s: the last snapshot has %d weights, this problem %d: ignored",
-                        self.path, x.size, n)
         except FileNotFoundError:
             pass
         if has_x_global:
@@ -458,6 +486,7 @@ class PipelineRunner:
         t0 = time.perf_counter()
         fs = self._file_settings(norm_mode)
         w = self._lambda_weights()
+        w_digest = self._weights_digest()
         op = LOSVDOperator.from_h5(self.path, norm_mode=fs["norm_mode"], amp_mode=fs["amp_mode"],
                                    lambda_weights=w, use_ivar=True, config=self.config,
                                    workers=processes)
@@ -466,7 +495,8 @@ class PipelineRunner:
                       regul_order=regul_order, pop_shape=fs["pop_shape"], ridge=ridge)
         regul, search = resolve_regul(op, regul, priors, method=method, gtol=tol)
         prob = with_priors(op, regul=regul, **priors)
-        x_start, x0_source = self._warm_start(x0, resume, n, fs["has_x_global"])
+        x_start, x0_source = self._warm_start(x0, resume, n, fs["has_x_global"],
+                                              fs["inputs_fingerprint"])
         t_setup = time.perf_counter() - t0
 
         settings = {"epochs": epochs, "lr": lr, "pixels_per_aperture": pixels_per_aperture,
@@ -481,7 +511,8 @@ class PipelineRunner:
                     "solver_options": json.dumps(kw, default=str)}
         # The tracker closes with status "failed (<Exception>)" if the solve raises.
         with (FitTracker(self.path, config=self.config, x_size=n,
-                         meta={"runner": "solve_all_mp_batched", **settings})
+                         meta={"runner": "solve_all_mp_batched", **settings,
+                               "inputs_fingerprint": fs["inputs_fingerprint"]})
               if track else contextlib.nullcontext()) as tracker:
             if tracker:
                 tracker.progress(0.0, f"solving: method={method}, n={n}, x0={x0_source}")
@@ -500,8 +531,19 @@ class PipelineRunner:
         data_cost = prob.data_cost(x)
         light = prob.component_light(x)
         fractions = prob.light_fractions(x)
-        attrs = {"solver": res.method, "status": res.status, "success": bool(res.success),
-                 "message": res.message, "cost": res.cost, "data_cost": data_cost,
+        status, success, message = res.status, bool(res.success), res.message
+        if success and not (np.all(np.isfinite(fractions)) and np.sum(light) > 0):
+            # The solver's check sees the whole problem; this one the data's light alone.
+            status, success = -2, False
+            message = (f"{STATUS[-2]}: the fitted components carry no light over the good pixels "
+                       f"(light fractions {np.array2string(np.asarray(fractions), precision=3)})")
+            if not np.any(op.weighted_data()):
+                message += ("; the weighted data are zero: the data are zero, or every pixel with "
+                            "data has zero weight (mask × λ-weights × 1/Noise², e.g. infinite noise)")
+        if not success:
+            log.warning("%s: the fit is not certified: %s", self.path, message)
+        attrs = {"solver": res.method, "status": status, "success": success,
+                 "message": message, "cost": res.cost, "data_cost": data_cost,
                  **{f"penalty_{k}": penalties.get(k, 0.0) for k in ("orbit", "regul", "ridge")},
                  "optimality": res.optimality, "nit": res.nit, "passes": res.passes,
                  "gram_columns": res.gram_columns, "time_total_s": res.timings["total"],
@@ -514,7 +556,7 @@ class PipelineRunner:
                  **{f"setting.{k}": v for k, v in settings.items()},
                  "cubefit_version": __version__,
                  "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                 "inputs_fingerprint": fs["inputs_fingerprint"]}
+                 "inputs_fingerprint": fs["inputs_fingerprint"], "lambda_weights_sha256": w_digest}
         datasets = {"history/" + k: np.asarray(v, dtype=np.float64) for k, v in res.history.items()}
         datasets.update(light_fractions=fractions, component_light=light)
         if prob.orbit_weights is not None:
@@ -527,10 +569,10 @@ class PipelineRunner:
             datasets.update({} if extra is None else extra.datasets())
         write_fit(self.path, x, attrs, datasets, config=self.config)
         log.debug("%s: /X_global written (%s, status %d, cost %.6g, optimality %.3g, %d passes)",
-                 self.path, res.method, res.status, res.cost, res.optimality, res.passes)
+                  self.path, res.method, status, res.cost, res.optimality, res.passes)
         stats = {"cost": res.cost, "data_cost": data_cost, "penalties": penalties,
-                 "optimality": res.optimality, "status": res.status, "success": bool(res.success),
-                 "message": res.message, "method": res.method, "nit": res.nit,
+                 "optimality": res.optimality, "status": status, "success": success,
+                 "message": message, "method": res.method, "nit": res.nit,
                  "passes": res.passes, "timings": dict(res.timings, setup=t_setup),
                  "history": res.history, "light_fractions": fractions, "component_light": light,
                  "orbit_weights": prob.orbit_weights, "x0_source": x0_source, "sidecar": sidecar,

@@ -56,6 +56,7 @@ import h5py
 import numpy as np
 
 from .config import Config, get_config
+from .provenance import file_fingerprint, require_fresh_fit, stale_products
 from .store import SCHEMA, _edit, open_h5, write_dataset
 
 log = logging.getLogger(__name__)
@@ -299,6 +300,8 @@ def write_template_masses(h5, library, *, config: Config | None = None) -> np.nd
             raise ValueError(f"{h5}: the library has {mu.size} templates but /Templates has P={P}")
         ds = write_dataset(f, "/TemplateMass", mu)
         ds.attrs["source"] = library.source
+        digests = json.loads(_text(f.attrs.get("input_digests", "{}")) or "{}")
+        ds.attrs["templates_digest"] = digests.get("/Templates", "")
     return mu
 
 
@@ -313,6 +316,7 @@ def write_truth(h5, x_true, *, model=None, norm_mode: str = "model", meta: dict 
                            description=f"true population weights (C, P) of the mock, in the "
                                        f"{norm_mode!r} normalisation")
         ds.attrs["norm.mode"] = norm_mode
+        f["/Truth"].attrs["inputs_fingerprint"] = file_fingerprint(f)
         if model is not None:
             write_dataset(f, "/Truth/model", np.asarray(model, dtype=np.float64),
                           units=f["/DataCube"].attrs.get("units", "data flux density"),
@@ -411,7 +415,8 @@ def analyse(h5, x=None, *, config: Config | None = None) -> Analysis:
 
     Builds the matrix-free operator in the fit's normalisation (and in the truth's, if
     different), so no hypercube is needed; cost: ``C`` forward passes and one adjoint
-    per normalisation.
+    per normalisation.  A fit made from other inputs than the file holds is refused;
+    a truth or template masses made for other inputs are left out, with a warning.
     """
     from .operator import LOSVDOperator
     from .plots import spaxel_chi2
@@ -421,20 +426,27 @@ def analyse(h5, x=None, *, config: Config | None = None) -> Analysis:
     cfg = config or get_config()
     path = Path(h5)
     history, attrs = {}, {}
-    if x is None:
+    from_file = x is None
+    if from_file:
         x, attrs, data = read_fit(path, config=cfg)
         history = {k.split("/", 1)[1]: v for k, v in data.items() if k.startswith("history/")}
     with open_h5(path, "r", config=cfg) as f:
+        if from_file:
+            require_fresh_fit(f, "the analysis")
+        stale = stale_products(f, cfg.lambda_weights_dset)
+        for name in ("/Truth", "/TemplateMass"):
+            if name in stale:
+                log.warning("%s: %s was %s: left out of the analysis", path, name, stale[name])
         norm_mode, amp_mode = fit_modes(f)
         get = lambda n: f[n][...] if n in f else None  # noqa: E731
         pop_axes = {k: v[...] for k, v in f["/PopAxes"].items()} if "/PopAxes" in f else {}
         axis_units = {k: _text(v.attrs.get("units", "")) for k, v in f["/PopAxes"].items()} \
             if "/PopAxes" in f else {}
-        mu = get("/TemplateMass")
+        mu = None if "/TemplateMass" in stale else get("/TemplateMass")
         names = [_text(n) for n in f["/CompNames"][...]] if "/CompNames" in f else None
         xy = get("/SpaxelXY")
         xy_units = _text(f["/SpaxelXY"].attrs.get("units", "")) if xy is not None else ""
-        x_true = get(TRUTH_X)
+        x_true = None if "/Truth" in stale else get(TRUTH_X)
         truth_norm = _text(f[TRUTH_X].attrs.get("norm.mode", "model")) if x_true is not None else None
         flux_units = _text(f["/DataCube"].attrs.get("units", "data flux density"))
         lam = np.exp(f["/ObsPix"][...])

@@ -14,7 +14,6 @@ only on success, so a failed or killed call leaves an existing file as it was.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import shutil
@@ -30,7 +29,12 @@ from . import C_KMS, __version__
 from .config import Config, get_config
 from .grids import check_log_grid, edges_from_centres, rebin_matrix
 from .losvd import check_losvd, check_vel_grid, kernel_half_width
+from .provenance import digest, drop_stale_products, inputs_fingerprint, stale_products
 from .schema_extra import SCHEMA as SCHEMA_EXTRA
+from .validate import (as_real_array, check_components_have_light, check_dims_match,
+                       check_grid_unchanged, check_ln_lambda_range, check_magnitude,
+                       check_noise_weights, check_templates_not_zero, crop_hint, losvd_axes,
+                       spaxels_of)
 
 log = logging.getLogger(__name__)
 
@@ -299,18 +303,6 @@ def _stamp(f: h5py.File) -> None:
     f.attrs["modified_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-def _fingerprint(*arrays) -> str:
-    h = hashlib.sha256()
-    for a in arrays:
-        if a is None:
-            h.update(b"none")
-            continue
-        a = np.ascontiguousarray(a)
-        h.update(str((a.dtype.str, a.shape)).encode())
-        h.update(a.data)
-    return h.hexdigest()
-
-
 def read_rebin(f: h5py.File, name: str = "/R_T") -> sp.csr_matrix:
     """The rebin operator as CSR ``(L, T)``, whatever way the file stores it.
 
@@ -352,13 +344,14 @@ class H5Manager:
                  config: Config | None = None):
         self.path = Path(path)
         self.config = config or get_config()
-        self.tem_pix = None if tem_pix is None else np.asarray(tem_pix, dtype=np.float64)
-        self.obs_pix = None if obs_pix is None else np.asarray(obs_pix, dtype=np.float64)
-        self.vel_pix = None if vel_pix is None else np.asarray(vel_pix, dtype=np.float64)
-        if self.tem_pix is not None:
-            check_log_grid(self.tem_pix, "/TemPix (tem_pix)")
-        if self.obs_pix is not None:
-            check_log_grid(self.obs_pix, "/ObsPix (obs_pix)")
+        grid = lambda v, name: None if v is None else as_real_array(v, name)  # noqa: E731
+        self.tem_pix = grid(tem_pix, "/TemPix (tem_pix)")
+        self.obs_pix = grid(obs_pix, "/ObsPix (obs_pix)")
+        self.vel_pix = grid(vel_pix, "/VelPix (vel_pix)")
+        for v, name in ((self.tem_pix, "/TemPix (tem_pix)"), (self.obs_pix, "/ObsPix (obs_pix)")):
+            if v is not None:
+                check_log_grid(v, name)
+                check_ln_lambda_range(v, name)
         if self.vel_pix is not None:
             check_vel_grid(self.vel_pix, "/VelPix (vel_pix)")
 
@@ -368,6 +361,14 @@ class H5Manager:
             return None
         with open_h5(self.path, "r", config=self.config) as f:
             return f[name][...] if name in f else None
+
+    def _has_dims(self) -> bool:
+        with open_h5(self.path, "r", config=self.config) as f:
+            return "dims" in f.attrs
+
+    def _crop_hint(self) -> str:
+        with open_h5(self.path, "r", config=self.config) as f:
+            return crop_hint(dict(f["/Templates"].attrs)) if "/Templates" in f else ""
 
     def dims(self) -> H5Dims:
         """Dimensions recorded in the file (after template cropping)."""
@@ -382,7 +383,9 @@ class H5Manager:
 
         On an existing file with the same dimensions this only (re)writes the grids
         it was given; different dimensions are refused unless ``overwrite=True``,
-        which starts a new, empty file.
+        which starts a new, empty file.  Grids that differ from those of a populated
+        file are refused too: its data and products are on the stored grids (pass new
+        grids together with their data to :meth:`populate_from_arrays`).
         """
         if not isinstance(dims, H5Dims):
             raise TypeError(f"init_base expects H5Dims(...), got {type(dims).__name__}")
@@ -399,6 +402,7 @@ class H5Manager:
                     or old.nPop != dims.nPop or old.nVel != dims.nVel:
                 raise ValueError(f"{self.path} already holds dims {old}, not {dims}; "
                                  "use another file or init_base(..., overwrite=True) to start afresh")
+            self._refuse_grid_change()
         if fresh and self.path.exists():
             tmp = self.path.with_name(f".{self.path.name}.new-{os.getpid()}")
             try:
@@ -409,6 +413,13 @@ class H5Manager:
                     tmp.unlink()
             return
         self._write_base(self.path, dims, new=fresh)
+
+    def _refuse_grid_change(self) -> None:
+        """``ValueError`` if the grids given would replace those of a populated file."""
+        with open_h5(self.path, "r", config=self.config) as f:
+            for grid, name in ((self.obs_pix, "/ObsPix"), (self.vel_pix, "/VelPix")):
+                if grid is not None and name in f and "/DataCube" in f:
+                    check_grid_unchanged(f[name][...], grid, name, self.path)
 
     def _write_base(self, path, dims, new):
         with _edit(Path(path), self.config) as f:
@@ -451,10 +462,19 @@ class H5Manager:
             (row-major), e.g. ``{"age": ages_gyr, "metal": mh_dex}``; the product of
             the lengths must be P.  ``axis_units`` gives their units.
         data_unit, template_unit : strings stored as the ``units`` of the flux datasets.
+
+        Beyond shapes and values, inputs that cannot be fitted are refused
+        (:mod:`cubefit.validate`): a component whose LOSVD is zero in every spaxel, a
+        template that is zero over the range used, noise that leaves no finite weight,
+        a LOSVD with its axes in another order, sizes that contradict the dimensions the
+        file was created with.  New inputs that differ from the stored ones remove the
+        products made from the old ones, with a warning (:mod:`cubefit.provenance`).
         """
         cfg = self.config
         tem_pix = self.tem_pix if self.tem_pix is not None else self._read("/TemPix")
         obs_pix = self.obs_pix if self.obs_pix is not None else self._read("/ObsPix")
+        tem_from_file = self.tem_pix is None and tem_pix is not None
+        stored_dims = self.dims() if self.path.exists() and self._has_dims() else None
         if tem_pix is None or obs_pix is None:
             raise ValueError(f"{self.path}: /TemPix and /ObsPix are unknown; pass tem_pix= and "
                              "obs_pix= to H5Manager(...) and call init_base first")
@@ -467,9 +487,12 @@ class H5Manager:
 
         if vel_pix is None:
             vel_pix = self.vel_pix if self.vel_pix is not None else self._read("/VelPix")
-        H = np.asarray(losvd)
-        if H.ndim != 3:
-            raise ValueError(f"/LOSVD (losvd): expected (S, V, C), got shape {H.shape}")
+        H = as_real_array(losvd, "/LOSVD (losvd)")
+        Y = as_real_array(datacube, "/DataCube (datacube)")
+        if Y.ndim != 2:
+            raise ValueError(f"/DataCube (datacube): expected (S, L) with L = len(/ObsPix) = {L}, got "
+                             f"shape {Y.shape}")
+        losvd_axes(H.shape, spaxels_of(Y.shape, L), None if vel_pix is None else np.size(vel_pix))
         S, V, C = H.shape
         if vel_pix is None:
             if V % 2 == 0:
@@ -479,22 +502,19 @@ class H5Manager:
             log.warning("vel_pix not given: assuming LOSVD bins of one template pixel "
                         "(%.3f km/s) centred on 0, range ±%.1f km/s; pass vel_pix= if not so",
                         C_KMS * dlog_t, vel_pix[-1])
-        vel_pix = np.asarray(vel_pix, dtype=np.float64)
+        vel_pix = as_real_array(vel_pix, "/VelPix (vel_pix)")
         check_vel_grid(vel_pix, "/VelPix")
         if vel_pix.size != V:
             raise ValueError(f"/VelPix has {vel_pix.size} bins but /LOSVD (S, V, C) has V={V}; "
                              "give a histogram per velocity bin")
         check_losvd(H, vel_pix, "/LOSVD", axis=1)
 
-        Y = np.asarray(datacube)
-        if Y.ndim != 2:
-            raise ValueError(f"/DataCube (datacube): expected (S, L) = ({S}, {L}), got shape {Y.shape}")
         if Y.shape == (S, L) and S == L:
             log.info("/DataCube is square (S = L = %d): taken as (S, L)", S)
         elif Y.shape != (S, L):
             if Y.shape == (L, S):
                 log.info("/DataCube given as (L, S) = %s: transposed to (S, L)", Y.shape)
-                Y = Y.T
+                Y = np.ascontiguousarray(Y.T)
             else:
                 raise ValueError(f"/DataCube (datacube): expected (S, L) = ({S}, {L}) from /LOSVD and "
                                  f"/ObsPix, got shape {Y.shape}")
@@ -514,10 +534,11 @@ class H5Manager:
             axis_units = dict(lib.axis_units) if axis_units is None else axis_units
             template_unit = template_unit or getattr(lib, "flux_unit", None)
             templates = lib.flux
-        Tm = np.asarray(templates)
+        Tm = as_real_array(templates, "/Templates (templates)")
         if Tm.ndim != 2 or Tm.shape[1] != T_in:
+            crop = self._crop_hint() if tem_from_file else ""
             raise ValueError(f"/Templates (templates): expected (P, T) with T = len(/TemPix) = {T_in}, "
-                             f"got shape {Tm.shape}")
+                             f"got shape {Tm.shape}{crop}")
         P = Tm.shape[0]
         if not np.all(np.isfinite(Tm)):
             bad = np.argwhere(~np.isfinite(Tm))
@@ -527,7 +548,7 @@ class H5Manager:
         if mask is None:
             m = np.ones(L, dtype=bool)
         else:
-            m = np.asarray(mask)
+            m = as_real_array(mask, "/Mask (mask)", dtype=None)
             if m.shape != (L,):
                 raise ValueError(f"/Mask (mask): expected ({L},) booleans, got shape {m.shape}")
             if m.dtype != bool:
@@ -540,7 +561,7 @@ class H5Manager:
 
         sig = None
         if noise is not None:
-            sig = np.asarray(noise, dtype=np.float64)
+            sig = as_real_array(noise, "/Noise (noise)")
             if sig.shape == (L, S) and sig.shape != (S, L):
                 sig = sig.T
             if sig.shape != (S, L):
@@ -552,7 +573,7 @@ class H5Manager:
 
         cw = None
         if orbit_weights is not None:
-            cw = np.asarray(orbit_weights, dtype=np.float64).ravel()
+            cw = as_real_array(orbit_weights, "/CompWeights (orbit_weights)").ravel()
             if cw.size != C or not np.all(np.isfinite(cw)) or np.any(cw < 0) or cw.sum() <= 0:
                 raise ValueError(f"/CompWeights (orbit_weights): expected {C} finite non-negative "
                                  f"fractions with a positive sum, got {np.array2string(cw, precision=3)}")
@@ -560,7 +581,8 @@ class H5Manager:
 
         axes = {}
         if pop_axes is not None:
-            axes = {str(k): np.asarray(v, dtype=np.float64).ravel() for k, v in dict(pop_axes).items()}
+            axes = {str(k): as_real_array(v, f"/PopAxes/{k} (pop_axes)").ravel()
+                    for k, v in dict(pop_axes).items()}
             shape = tuple(v.size for v in axes.values())
             if int(np.prod(shape)) != P:
                 raise ValueError(f"pop_axes: grid shape {shape} holds {int(np.prod(shape))} populations "
@@ -586,13 +608,26 @@ class H5Manager:
         tem_c = tem_pix[i0:i1]
         T = tem_c.size
 
+        for arr, name in ((Y, "/DataCube"), (Tm, "/Templates"), (H, "/LOSVD")):
+            check_magnitude(arr, name)
+        check_templates_not_zero(Tm[:, i0:i1], (np.exp(need_lo), np.exp(need_hi)))
+        check_components_have_light(H)
+        if sig is not None:
+            check_noise_weights(sig, m)
+        if stored_dims is not None:
+            check_dims_match(asdict(stored_dims), dict(nSpat=S, nLSpec=L, nVel=V, nComp=C, nPop=P),
+                             f"{self.path}")
+
         no_light = np.flatnonzero(H.sum(axis=(1, 2)) <= 0)
         if no_light.size:
             log.warning("%d spaxels have all-zero LOSVDs in every component (model is zero there): %s",
                         no_light.size, no_light[:20].tolist())
 
         flux = (Y[:, m].mean(axis=1)).astype(np.float64)
-        fp = _fingerprint(Tm[:, i0:i1], tem_c, obs_pix, vel_pix, H, Y, m, sig)
+        Tm_c = np.ascontiguousarray(Tm[:, i0:i1], dtype=np.float64)
+        digests, fp = inputs_fingerprint({"/Templates": Tm_c, "/TemPix": tem_c, "/ObsPix": obs_pix,
+                                          "/VelPix": vel_pix, "/LOSVD": H, "/DataCube": Y, "/Mask": m,
+                                          "/Noise": sig, "/PopAxes": axes})
 
         dims = H5Dims(nSpat=S, nLSpec=L, nTSpec=T, nVel=V, nComp=C, nPop=P)
         s_chunk = max(1, min(S, (1 << 20) // (8 * max(L, V * C))))
@@ -601,11 +636,13 @@ class H5Manager:
                 f.attrs["created_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             f.attrs["dims_names"] = list(asdict(dims))
             f.attrs["dims"] = np.array(list(asdict(dims).values()), dtype=np.int64)
+            drop_stale_products(f, fp, digests, cfg.lambda_weights_dset, where=self.path)
             f.attrs["inputs_fingerprint"] = fp
+            f.attrs["input_digests"] = digests
             write_dataset(f, "/TemPix", tem_c)
             write_dataset(f, "/ObsPix", obs_pix)
             write_dataset(f, "/VelPix", vel_pix)
-            ds = write_dataset(f, "/Templates", Tm[:, i0:i1].astype(np.float64),
+            ds = write_dataset(f, "/Templates", Tm_c,
                                units=template_unit or SCHEMA["/Templates"][0],
                                description=SCHEMA["/Templates"][1])
             ds.attrs["crop_i_lo"], ds.attrs["crop_i_hi"], ds.attrs["T_len_in"] = i0, i1, T_in
@@ -613,10 +650,10 @@ class H5Manager:
             ds.attrs["velscale_kms"] = C_KMS * dlog_t
             ds.attrs["pop_axes"] = list(axes)
             ds.attrs["pop_shape"] = np.array([v.size for v in axes.values()] or [P], dtype=np.int64)
-            write_dataset(f, "/DataCube", Y.astype(np.float64), chunks=(s_chunk, L),
+            write_dataset(f, "/DataCube", Y, chunks=(s_chunk, L),
                           units=data_unit or SCHEMA["/DataCube"][0],
                           description=SCHEMA["/DataCube"][1])
-            write_dataset(f, "/LOSVD", H.astype(np.float64), chunks=(s_chunk, V, C))
+            write_dataset(f, "/LOSVD", H, chunks=(s_chunk, V, C))
             write_dataset(f, "/Mask", m)
             if sig is not None:
                 write_dataset(f, "/Noise", sig, chunks=(s_chunk, L),
@@ -651,7 +688,7 @@ class H5Manager:
                 if name not in f:
                     raise KeyError(f"{self.path}: {name} missing; call init_base/populate_from_arrays first")
             tem, obs = f["/TemPix"][...], f["/ObsPix"][...]
-            key = _fingerprint(tem, obs)
+            key = digest(tem, obs)
             if not force and "/R_T" in f and f["/R_T"].attrs.get("grids_fingerprint", "") == key:
                 return read_rebin(f)
         check_log_grid(tem, "/TemPix")
@@ -688,7 +725,8 @@ def describe_file(path, config: Config | None = None) -> dict:
     """Summary of a CubeFit file: dims, datasets (shape, dtype, units, meaning), attrs.
 
     Returns ``{"path", "attrs": {...}, "datasets": [(name, shape, dtype, units, meaning)],
-    "stages": {stage: bool}}``.
+    "stages": {stage: bool}, "stale": {product: reason}}``; a stage whose product was
+    made from other inputs than the file holds is False and listed in ``stale``.
     """
     rows = []
     with open_h5(path, "r", config=config) as f:
@@ -699,14 +737,15 @@ def describe_file(path, config: Config | None = None) -> dict:
                 rows.append(("/" + name, tuple(obj.shape), str(obj.dtype),
                              _plain(obj.attrs.get("units", "")), _plain(obj.attrs.get("description", ""))))
         f.visititems(visit)
+        stale = stale_products(f, (config or get_config()).lambda_weights_dset)
         stages = {
             "inputs": all(n in f for n in ("/Templates", "/DataCube", "/LOSVD", "/VelPix")),
             "rebin": "/R_T" in f,
-            "hypercube": "/HyperCube/models" in f,
-            "lambda_weights": "/HyperCube/lambda_weights" in f,
-            "fit": "/X_global" in f,
+            "hypercube": "/HyperCube/models" in f and "/HyperCube/models" not in stale,
+            "lambda_weights": "/HyperCube/lambda_weights" in f and "/HyperCube/lambda_weights" not in stale,
+            "fit": "/X_global" in f and "/X_global" not in stale,
         }
-    return {"path": str(path), "attrs": attrs, "datasets": sorted(rows), "stages": stages}
+    return {"path": str(path), "attrs": attrs, "datasets": sorted(rows), "stages": stages, "stale": stale}
 
 
 def _plain(v):
@@ -751,7 +790,10 @@ class Inputs:
     @property
     def ivar(self) -> np.ndarray | None:
         """Inverse variance ``(S, L)`` from ``/Noise`` (0 where the noise is infinite)."""
-        return None if self.noise is None else 1.0 / self.noise**2
+        if self.noise is None:
+            return None
+        with np.errstate(over="ignore"):        # noise above ~1e154: weight 0, as for inf
+            return 1.0 / self.noise**2
 
 
 def read_inputs(path, config: Config | None = None) -> Inputs:

@@ -113,8 +113,9 @@ def ensure_lambda_weights(h5, *, small_px: int = 7, large_px: int = 31, min_w: f
     ``dset`` defaults to ``config.lambda_weights_dset`` and ``min_w`` to
     ``config.lambda_min_w``.  The parameters and the inputs fingerprint are stored
     as attributes.  Existing weights made with the same parameters from the same
-    inputs are returned unchanged; weights made with other parameters or from other
-    inputs are refused (``ValueError`` listing the differences) unless
+    inputs are returned unchanged; weights made from other inputs (stale) are remade
+    with the requested parameters; weights made from these inputs with other
+    parameters are refused (``ValueError`` listing the differences) unless
     ``overwrite=True``.  A dataset without a ``method`` attribute was supplied by
     the user and is returned as it is (``overwrite=True`` replaces it).
 
@@ -134,13 +135,17 @@ def ensure_lambda_weights(h5, *, small_px: int = 7, large_px: int = 31, min_w: f
             if "method" not in old:
                 log.info("%s: using the user-supplied λ-weights %s", path, dset)
                 return f[dset][...].astype(np.float64)
-            diffs = {k: (old.get(k), v) for k, v in want.items() if old.get(k) != v}
-            if not diffs:
-                return f[dset][...].astype(np.float64)
-            text = ", ".join(f"{k}: stored {a!r}, requested {b!r}" for k, (a, b) in diffs.items())
-            raise ValueError(f"{path}:{dset} was made with other settings ({text}); pass "
-                             "overwrite=True to replace it, or call ensure_lambda_weights with the "
-                             "stored settings")
+            if old.get("inputs_fingerprint") != fp:     # stale: never reused, remade
+                log.warning("%s:%s was made from other inputs than the file holds: remaking it",
+                            path, dset)
+            else:
+                diffs = {k: (old.get(k), v) for k, v in want.items() if old.get(k) != v}
+                if not diffs:
+                    return f[dset][...].astype(np.float64)
+                text = ", ".join(f"{k}: stored {a!r}, requested {b!r}" for k, (a, b) in diffs.items())
+                raise ValueError(f"{path}:{dset} was made with other settings ({text}); pass "
+                                 "overwrite=True to replace it, or call ensure_lambda_weights with "
+                                 "the stored settings")
         mask = f["/Mask"][...].astype(bool) if "/Mask" in f else np.ones(f["/ObsPix"].shape[0], bool)
         med = _median_spectrum(f)
         energy_pw = f["/HyperCube/col_energy_weights"][...] if "/HyperCube/col_energy_weights" in f \
@@ -167,6 +172,9 @@ def read_lambda_weights(h5, *, config: Config | None = None) -> np.ndarray:
     * ``config.lambda_weights_enable`` False: ones.
     * Dataset ``config.lambda_weights_dset`` missing: made with the defaults by
       :func:`ensure_lambda_weights` when ``config.lambda_weights_auto``, else ones.
+    * Generated weights made from other inputs than the file holds (stale): remade
+      with their stored parameters when ``config.lambda_weights_auto``, else an error;
+      stale weights are never used.
     * Otherwise the stored weights, raised to the floor ``config.lambda_min_w``;
       masked pixels are set to the floor (the mask itself is applied by callers).
 
@@ -180,8 +188,9 @@ def read_lambda_weights(h5, *, config: Config | None = None) -> np.ndarray:
         L = f["/ObsPix"].shape[0]
         mask = f["/Mask"][...].astype(bool) if "/Mask" in f else np.ones(L, bool)
         stored = f[dset][...] if dset in f else None
-        made_from = _plain(f[dset].attrs.get("inputs_fingerprint", "")) if dset in f else ""
-        stale = bool(made_from) and made_from != _plain(f.attrs.get("inputs_fingerprint", ""))
+        made = {k: _plain(v) for k, v in f[dset].attrs.items()} if dset in f else {}
+        stale = "method" in made and made.get("inputs_fingerprint") != _plain(
+            f.attrs.get("inputs_fingerprint", ""))
     if not cfg.lambda_weights_enable:
         log.info("%s: λ-weights disabled (CUBEFIT_LAMBDA_WEIGHTS_ENABLE=0): using 1", path)
         return np.ones(L)
@@ -190,9 +199,12 @@ def read_lambda_weights(h5, *, config: Config | None = None) -> np.ndarray:
             log.info("%s: no %s and CUBEFIT_LAMBDA_WEIGHTS_AUTO=0: using λ-weights 1", path, dset)
             return np.ones(L)
         stored = ensure_lambda_weights(path, config=cfg)
-    if stale:
-        log.warning("%s: %s was made from other inputs than the file now holds; remake it with "
-                    "ensure_lambda_weights(..., overwrite=True)", path, dset)
+    elif stale:
+        if not cfg.lambda_weights_auto:
+            raise ValueError(f"{path}:{dset} was made from other inputs than the file holds; remake "
+                             f"it (`cubefit weights {path}`) or set CUBEFIT_LAMBDA_WEIGHTS_AUTO=1")
+        stored = ensure_lambda_weights(path, small_px=made["small_px"], large_px=made["large_px"],
+                                       min_w=made["min_w"], config=cfg)
     w = np.asarray(stored, dtype=np.float64)
     if w.shape != (L,) or not np.all(np.isfinite(w)):
         raise ValueError(f"{path}:{dset}: expected ({L},) finite λ-weights, got shape {w.shape}"

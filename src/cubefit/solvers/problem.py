@@ -200,7 +200,29 @@ class LeastSquares:
                              "np.maximum(x0, 0)")
         return x.copy()
 
+    def degenerate(self, x) -> str | None:
+        """Why the model ``A x`` is zero although the data ``y`` are not; None when it is not.
+
+        Zero when every column is zero or orthogonal to the data (``Aᵀy = 0``: all-zero
+        LOSVDs or templates, infinite noise, a mask removing the light), or when ``x = 0``
+        because no column correlates positively with the data (``Aᵀy ≤ 0``).
+        """
+        if not np.any(self.y):
+            return None
+        if self.grad0_norm == 0:
+            return ("every model column is zero or orthogonal to the weighted data (A^T y = 0): "
+                    "check for LOSVDs or templates that are zero, infinite noise, or a mask that "
+                    "removes the light")
+        if not np.any(np.asarray(x) > 0):
+            return ("no model column correlates positively with the weighted data (A^T y <= 0), so "
+                    "x = 0 is the best non-negative fit: check the sign and units of the data")
+        return None
+
     def result(self, method: str, x, cost, optimality, nit, status, message=None) -> SolverResult:
+        if status >= 1:          # a claimed optimum that explains nothing is not a success
+            why = self.degenerate(x)
+            if why is not None:
+                status, message = -2, f"{STATUS[-2]}: {why}"
         total = self.elapsed()
         timings = dict(self.timings, total=total)
         timings["solve"] = max(0.0, total - timings["operator"] - timings["gram"])

@@ -37,6 +37,7 @@ STATUS = {
     2: "stalled: the cost stopped decreasing (cost-change test) before the KKT test passed",
     0: "stopped at an iteration or pass limit (or an exact solve missed gtol) without a KKT certificate",
     -1: "numerical failure",
+    -2: "degenerate: the fitted model is zero although the data are not",
 }
 """Meaning of :attr:`SolverResult.status`; only ``1`` sets ``success``."""
 
@@ -53,7 +54,10 @@ class SolverResult(OptimizeResult):
         the exact Gram solve).
     passes : operator applications (each ``Ã x`` or ``Ãᵀ r`` counts 1).
     gram_columns : columns of ``Ã`` formed explicitly to build Gram blocks.
-    status, success, message : see :data:`STATUS`; ``success`` is ``status == 1``.
+    status, success, message : see :data:`STATUS`; ``success`` is ``status == 1``.  A
+        solve that ends (KKT test passed or stalled) with a zero model of non-zero data
+        gets status -2 and a message saying why (all columns zero or orthogonal to the
+        data; or none correlating positively with it): such an ``x`` certifies nothing.
     method : solver name.
     timings : seconds: ``total``, ``operator`` (applies), ``gram`` (Gram blocks),
         ``solve`` (the rest: restricted solves, vector work).
