@@ -76,16 +76,22 @@ zero; an explicit ``x0`` wins over both.  The source is recorded as ``/Fit`` att
 Atomic writes
 -------------
 :func:`write_fit` stages the new ``X_global`` and ``Fit`` under ``/_FitStaging``,
-flushes, then commits: deletes the old ``/X_global`` and ``/Fit`` and moves the staged
-ones in (two link moves), then deletes the staging group.  All of it happens inside
-the store's crash-safe edit (:func:`cubefit.store._edit`): files up to
-``CUBEFIT_ATOMIC_COPY_MAX_BYTES`` are edited on a copy that atomically replaces the
-original, so a run killed at any moment leaves the previous complete result; larger
-files (a materialised hypercube) are edited in place, where the commit is a few
-metadata operations after the flushed, complete staging group — a kill before the
-commit leaves the old result (the stale staging group is discarded by the next write),
-and :func:`read_fit` falls back to a complete staging group if a kill fell inside the
-commit itself.
+then commits: deletes the old ``/X_global`` and ``/Fit`` and moves the staged ones in
+(two link moves), then deletes the staging group.  All of it happens inside one
+crash-safe edit (:func:`cubefit.h5io.edit_h5`): the file changes only when the edit
+commits, through a rollback journal, and the write costs what it writes whatever the
+size of the file, so a run killed at any moment leaves the previous complete result.
+:func:`read_fit` still honours a complete staging group without ``/X_global``, which
+files written in place by earlier versions can hold.
+
+One writer at a time
+--------------------
+A solve holds the file's writer lock (:mod:`cubefit.locking`) from start to end, so a
+second solve, a build or a populate of the same file fails at once naming it (or
+waits, ``CUBEFIT_LOCK_WAIT``).  Before solving it checks that the result can be
+written (the file and its directory writable, the disk not full); if the final write
+still fails, the fitted ``x`` is saved beside the file (or in ``$TMPDIR``) as
+``<file>.X_global.<UTC time>.npy`` and the error says where.
 """
 from __future__ import annotations
 
@@ -106,7 +112,10 @@ from .losvd import NORM_MODES
 from .operator import LOSVDOperator
 from .solvers import solve
 from .solvers.priors import with_priors
-from .store import SCHEMA, _edit, _stamp, open_h5, write_dataset
+from .diskspace import save_fallback
+from .h5io import check_unchanged, check_writable, edit_h5, file_state
+from .locking import writes_file
+from .store import SCHEMA, _stamp, open_h5, write_dataset
 from .tracking import FitTracker, latest_snapshot
 from .weights import read_lambda_weights
 
@@ -118,6 +127,8 @@ STAGING = "/_FitStaging"
 """Group where :func:`write_fit` assembles a new result before committing it."""
 
 _DEFAULT_NORM, _DEFAULT_AMP = "data", "sum"
+_RESULT_BYTES_PER_WEIGHT = 64
+"""Bytes of /X_global and /Fit per weight, generously (x, light, history rows)."""
 
 FIT_ATTRS: dict[str, tuple[str, str]] = {
     # result
@@ -211,7 +222,8 @@ def write_fit(h5, x, attrs: dict, datasets: dict, *, config: Config | None = Non
         raise ValueError(f"datasets: {['/Fit/' + k for k in unknown]} have no units and meaning in "
                          "cubefit.store.SCHEMA; add them there")
     x = np.asarray(x, dtype=np.float64).ravel()
-    with _edit(Path(h5), cfg) as f:
+    with edit_h5(Path(h5), cfg, operation="write_fit",
+                 need_bytes=x.nbytes + sum(np.asarray(v).nbytes for v in datasets.values())) as f:
         _stage(f, x, attrs, datasets)
         f.flush()
         _commit(f)
@@ -356,6 +368,7 @@ class PipelineRunner:
         log.info("%s: resume=True but no snapshot or /X_global fits: starting from zero", self.path)
         return None, "none"
 
+    @writes_file("solve")
     def solve_all_mp_batched(self, epochs=None, lr=None, project_nonneg: bool = True,
                              processes: int | None = None, blas_threads: int | None = None,
                              orbit_weights=None, pixels_per_aperture=None, method: str = "auto",
@@ -413,7 +426,8 @@ class PipelineRunner:
 
         t0 = time.perf_counter()
         fs = self._file_settings(norm_mode)
-        w = self._lambda_weights()
+        w = self._lambda_weights()             # may create them: the state is taken after
+        state = file_state(self.path, self.config)
         op = LOSVDOperator.from_h5(self.path, norm_mode=fs["norm_mode"], amp_mode=fs["amp_mode"],
                                    lambda_weights=w, use_ivar=True, config=self.config,
                                    workers=processes)
@@ -422,6 +436,8 @@ class PipelineRunner:
                            regul=regul, regul_order=regul_order, pop_shape=fs["pop_shape"],
                            ridge=ridge)
         x_start, x0_source = self._warm_start(x0, resume, n, fs["has_x_global"])
+        # Find out now, not after the solve, if the result could not be written.
+        check_writable(self.path, _RESULT_BYTES_PER_WEIGHT * n, "the fit result (/X_global, /Fit)")
         t_setup = time.perf_counter() - t0
 
         settings = {"epochs": epochs, "lr": lr, "pixels_per_aperture": pixels_per_aperture,
@@ -471,7 +487,14 @@ class PipelineRunner:
         datasets.update(light_fractions=fractions, component_light=light)
         if prob.orbit_weights is not None:
             datasets["orbit_weights"] = prob.orbit_weights
-        write_fit(self.path, x, attrs, datasets, config=self.config)
+        check_unchanged(self.path, state, "solve", self.config)
+        try:
+            write_fit(self.path, x, attrs, datasets, config=self.config)
+        except OSError as exc:
+            saved = save_fallback(self.path, "X_global", x)
+            raise OSError(exc.errno, f"{exc}\nThe fitted x ({n} weights, cost {res.cost:.6g}) was "
+                          f"saved to {saved}: numpy.load it and pass it as x0= to solve again "
+                          "without the wait, or write it with cubefit.runner.write_fit") from exc
         log.info("%s: /X_global written (%s, status %d, cost %.6g, optimality %.3g, %d passes)",
                  self.path, res.method, res.status, res.cost, res.optimality, res.passes)
         stats = {"cost": res.cost, "data_cost": data_cost, "penalties": penalties,
