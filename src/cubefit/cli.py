@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import textwrap
 from pathlib import Path
@@ -153,6 +154,12 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def _add_wait(sub) -> None:
+    sub.add_argument("--wait", action="store_true",
+                     help="if another process is writing the file, wait for it to finish instead "
+                          "of failing (same as CUBEFIT_LOCK_WAIT=inf)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="cubefit",
@@ -173,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("input", help="input arrays: .npz, .fits (one HDU per array) or .h5")
     i.add_argument("output", help="CubeFit HDF5 file to create")
     i.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it holds other dimensions")
+    _add_wait(i)
     i.set_defaults(func=cmd_init)
 
     b = sub.add_parser("build", help="build the materialised hypercube /HyperCube/models",
@@ -193,6 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--convert-to", choices=("data", "model"), default=None,
                    help="instead of building, convert the existing cube to this normalisation")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_wait(b)
     b.set_defaults(func=cmd_build)
 
     w = sub.add_parser("weights", help="create the λ-weights /HyperCube/lambda_weights",
@@ -204,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--min-w", type=float, default=None,
                    help="floor of the weights (default: CUBEFIT_LAMBDA_MIN_W = 1e-6)")
     w.add_argument("--overwrite", action="store_true", help="replace weights made with other settings")
+    _add_wait(w)
     w.set_defaults(func=cmd_weights)
 
     so = sub.add_parser("solve", help="fit the global non-negative population mixture",
@@ -236,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     so.add_argument("--resume", action="store_true",
                     help="warm start from the last tracker snapshot or the existing /X_global")
     so.add_argument("--no-track", action="store_true", help="do not write the tracker sidecar")
+    _add_wait(so)
     so.set_defaults(func=cmd_solve)
 
     r = sub.add_parser("recon", help="reconstruct the model cube A·x",
@@ -244,6 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("file")
     r.add_argument("--out", default="/ModelCube", help="dataset to write (default: %(default)s)")
     r.add_argument("--spaxels", default=None, help="comma-separated spaxel indices (default: all)")
+    _add_wait(r)
     r.set_defaults(func=cmd_recon)
 
     pl = sub.add_parser("plot", help="plot data, model and residuals of the best and worst spaxels",
@@ -300,6 +312,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
                         format="[cubefit] %(message)s")
+    if getattr(args, "wait", False):        # read by every writer through get_config()
+        os.environ["CUBEFIT_LOCK_WAIT"] = "inf"
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
