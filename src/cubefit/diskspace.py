@@ -52,14 +52,16 @@ def free_bytes(path) -> int:
     return shutil.disk_usage(p).free
 
 
-def no_space_error(path, need_bytes: float, what: str | None = None) -> OSError:
-    """``OSError(ENOSPC)`` naming the device, what needed the space, how much, and the space free."""
+def no_space_error(path, need_bytes: float, what: str | None = None, *,
+                   kept: str = "was left as it was") -> OSError:
+    """``OSError(ENOSPC)`` naming the device, what needed the space, how much, the space
+    free and what became of the file (``kept``)."""
     path = Path(path)
     for_what = f" for {what}" if what else ""
     return OSError(errno.ENOSPC,
                    f"no space left on device {mount_point(path)} (file system of {path}){for_what}: "
                    f"need ≈ {need_bytes / MIB:.1f} MiB, {free_bytes(path) / MIB:.1f} MiB free; "
-                   f"{path.name} was left as it was — free some space or move the file")
+                   f"{path.name} {kept} — free some space or move the file")
 
 
 def require_free(path, need_bytes: float, what: str | None = None) -> None:

@@ -112,9 +112,11 @@ def open_h5(path, mode: str = "r", *, swmr: bool = False, config: Config | None 
     """
     cfg = config or get_config()
     path = Path(path)
+    tidy(path)
     if mode == "r" and not path.exists():
         raise FileNotFoundError(errno.ENOENT, f"{path}: no such HDF5 file")
-    tidy(path)
+    if mode == "r+" and not swmr:
+        return _open_checked(path, cfg, kwargs)
     kw = dict(_cache_kw(cfg), locking=_locking(cfg))
     if swmr and mode == "r":
         kw["swmr"] = True
@@ -134,6 +136,59 @@ def open_h5(path, mode: str = "r", *, swmr: bool = False, config: Config | None 
             wait = min(2 * wait, 5.0)
     if swmr and mode != "r":
         f.swmr_mode = True
+    return f
+
+
+class _CheckedFile(h5py.File):
+    """An ``h5py.File`` on a :class:`JournaledFile` without journal whose :meth:`flush` and
+    :meth:`close` raise a write error the file object recorded.
+
+    HDF5 must never see an exception from its I/O callbacks (it can crash the process),
+    so a failed write is recorded and every later write dropped — the file stays as it
+    was at the failure, as if the writer had been killed there, which every in-place
+    writer survives — and the error surfaces at the writer's next flush.
+    """
+
+    def _raise_recorded(self) -> None:
+        err = self._fobj.error
+        if err is not None:
+            path = self._fobj.path
+            if err.errno == errno.ENOSPC:
+                raise no_space_error(path, self._fobj.bytes_wanted + EDIT_MARGIN_BYTES, "writing",
+                                     kept="keeps what was written before (a build or conversion "
+                                          "resumes from there when run again)")
+            raise OSError(err.errno, f"{path}: writing failed ({err.strerror}); what was flushed "
+                          "before stays")
+
+    def flush(self) -> None:
+        super().flush()
+        self._raise_recorded()
+
+    def close(self) -> None:
+        if self._fobj.fd < 0:
+            return
+        super().close()
+        try:
+            if self._fobj.error is None:
+                self._fobj.commit()               # fsync
+        except OSError as exc:
+            self._fobj.error = exc
+        self._fobj.close()
+        self._raise_recorded()
+
+
+def _open_checked(path: Path, cfg: Config, kwargs: dict) -> h5py.File:
+    """Open an existing file for in-place writing through a :class:`_CheckedFile`."""
+    try:
+        fobj = JournaledFile(path, journal=False)
+    except OSError as exc:
+        raise _open_error(path, "r+", exc, 1) from exc
+    try:
+        f = _CheckedFile(fobj, "r+", **_cache_kw(cfg), **kwargs)
+    except OSError as exc:
+        fobj.close()
+        raise _open_error(path, "r+", exc, 1) from exc
+    f._fobj = fobj
     return f
 
 
@@ -215,18 +270,20 @@ def tidy(path) -> None:
 
 # ----------------------------------------------------------------------------- editing
 
-def _failed_write(path: Path, fobj: JournaledFile, need_bytes: int, exc: BaseException):
+def _failed_write(path: Path, fobj: JournaledFile, need_bytes: int, operation: str):
+    """The error to raise for an edit whose file object recorded a failed write (or None)."""
     err = fobj.error
     if err is not None and err.errno == errno.ENOSPC:
-        return no_space_error(path, need_bytes + fobj.bytes_written + EDIT_MARGIN_BYTES)
+        return no_space_error(path, max(need_bytes, fobj.bytes_wanted) + EDIT_MARGIN_BYTES,
+                              operation)
     if err is not None:
-        return OSError(err.errno, f"{path}: writing failed ({err.strerror}); the file was left as "
-                       "it was")
+        return OSError(err.errno, f"{path}: {operation} failed writing the file ({err.strerror}); "
+                       f"{path.name} was left as it was")
     return None
 
 
 @contextlib.contextmanager
-def edit_h5(path, config: Config | None = None, *, need_bytes: int = 0, operation: str = "edit"):
+def edit_h5(path, config: Config | None = None, *, need_bytes: int = 0, operation: str = "writing"):
     """Yield an ``h5py.File`` to modify ``path``; the change reaches it only if the block succeeds.
 
     Holds the writer lock of ``path`` (``operation`` names the holder; waiting follows
@@ -249,12 +306,12 @@ def edit_h5(path, config: Config | None = None, *, need_bytes: int = 0, operatio
             if journal_path(path).exists():
                 undo(path)                      # we hold the lock: its writer is dead
             require_free(path, need_bytes + EDIT_MARGIN_BYTES, what=operation)
-            yield from _transaction(path, cfg, need_bytes)
+            yield from _transaction(path, cfg, need_bytes, operation)
         finally:
             _active.discard(key)
 
 
-def _transaction(path: Path, cfg: Config, need_bytes: int):
+def _transaction(path: Path, cfg: Config, need_bytes: int, operation: str):
     new = not path.exists()
     target = path.with_name(f".{path.name}.tmp-{os.getpid()}") if new else path
     try:
@@ -280,20 +337,28 @@ def _transaction(path: Path, cfg: Config, need_bytes: int):
             raise
         f.close()
         fobj.commit()
+        fobj.close()
         if new:
             os.replace(target, path)
         done = True
     except Exception as exc:
-        clean = _failed_write(path, fobj, need_bytes, exc)
+        _abandon(fobj, target if new else None)
+        clean = _failed_write(path, fobj, need_bytes, operation)
         if clean is None:
             raise
         raise clean from exc
     finally:
         if not done:
-            fobj.rollback()
+            _abandon(fobj, target if new else None)
+
+
+def _abandon(fobj: JournaledFile, new_file: Path | None) -> None:
+    """Undo an edit that did not commit (idempotent)."""
+    if fobj.fd >= 0:
+        fobj.rollback()
         fobj.close()
-        if not done and new:
-            target.unlink(missing_ok=True)
+    if new_file is not None:
+        new_file.unlink(missing_ok=True)
 
 
 def check_writable(path, need_bytes: int, what: str) -> None:

@@ -24,9 +24,10 @@ file is truncated to its original size and the journal removed.  An edit therefo
 costs what it writes (the new data once, overwritten metadata pages twice), whatever
 the size of the file, and a file is always the old one or the new one, never torn.
 
-A failed write (``ENOSPC``, ``EIO``) is recorded and re-raised; afterwards the object
-accepts and drops whatever HDF5 still writes while h5py closes the file, so the close
-cannot crash, and :meth:`rollback` restores the original.
+A failed write or read (``ENOSPC``, ``EIO``) is recorded, never raised into HDF5 (an
+exception inside a driver callback can crash the process): what HDF5 writes afterwards
+is kept in memory so that the edit runs to its end consistently, then
+:meth:`commit` raises the error and :meth:`rollback` restores the original.
 """
 from __future__ import annotations
 
@@ -73,9 +74,10 @@ def _pwrite_all(fd: int, data, offset: int) -> None:
 class JournaledFile:
     """File object for ``h5py.File(obj, mode)`` that keeps ``path`` intact until :meth:`commit`.
 
-    ``journal=False`` (a new file at a temporary name, removed on failure) skips the
-    journal: there is no original content to protect.  ``bytes_written`` counts what
-    HDF5 wrote; ``bytes_journaled`` the original bytes saved at commit.
+    ``journal=False`` writes straight through (a new file at a temporary name, removed
+    on failure; or an in-place writer whose own protocol is crash-safe): it only keeps
+    a failed write from crashing HDF5.  ``bytes_written`` counts what HDF5 wrote;
+    ``bytes_journaled`` the original bytes saved at commit.
     """
 
     def __init__(self, path, *, journal: bool = True):
@@ -86,7 +88,8 @@ class JournaledFile:
         st = os.fstat(self.fd)
         self.orig_size = st.st_size
         self.pos = 0
-        self.pages: dict[int, bytearray] = {}
+        self.pages: dict[int, bytearray] = {}     # overwritten original pages, until commit
+        self.spill: dict[int, bytearray] = {}     # everything written after a failed write
         self.error: OSError | None = None
         self.bytes_written = 0
         self.bytes_journaled = 0
@@ -96,6 +99,11 @@ class JournaledFile:
             except BaseException:
                 os.close(self.fd)
                 raise
+
+    @property
+    def bytes_wanted(self) -> int:
+        """Bytes HDF5 wrote or tried to write (after a failure, those kept in memory)."""
+        return self.bytes_written + PAGE * len(self.spill)
 
     def __repr__(self) -> str:
         return self.name
@@ -125,59 +133,91 @@ class JournaledFile:
 
     def readinto(self, buf) -> int:
         view = memoryview(buf).cast("B")
-        data = os.pread(self.fd, len(view), self.pos)
-        n = len(data)
-        view[:n] = data
-        end = min(self.pos + n, self.orig_size)
+        try:
+            got = n = os.preadv(self.fd, [view], self.pos)
+        except OSError as exc:            # never raise into HDF5: it reports a short read
+            self.error = self.error or exc
+            return 0
+        if self.spill:                    # after a failed write: HDF5 reads what it wrote
+            n = len(view)
+            view[got:] = bytes(n - got)
+        self._patch(view, self.pages, min(self.pos + n, self.orig_size))
+        if self.spill:
+            self._patch(view, self.spill, self.pos + n)
+        self.pos += n
+        return n
+
+    def _patch(self, view, pages: dict, end: int) -> None:
+        """Copy the parts of ``pages`` inside ``[pos, end)`` over ``view`` (which starts at pos)."""
         for p in range(self.pos // PAGE, -(-end // PAGE)) if self.pos < end else ():
-            page = self.pages.get(p)
+            page = pages.get(p)
             if page is not None:
                 lo, hi = max(self.pos, p * PAGE), min(end, p * PAGE + len(page))
                 view[lo - self.pos:hi - self.pos] = page[lo - p * PAGE:hi - p * PAGE]
-        self.pos += n
-        return n
 
     def read(self, size: int = -1) -> bytes:
         buf = bytearray(size if size >= 0 else max(os.fstat(self.fd).st_size - self.pos, 0))
         return bytes(buf[:self.readinto(buf)])
 
     def write(self, data) -> int:
+        """Never raises into HDF5 (an exception inside a driver callback can crash it): after
+        a failed write everything HDF5 still writes is kept in memory (``spill``), so the
+        edit runs to its end consistently; :meth:`commit` then raises the error."""
         view = memoryview(data).cast("B")
         n = len(view)
-        if self.error is not None:        # closing after a failure: drop, never crash
-            self.pos += n
-            return n
-        try:
-            split = min(max(self.orig_size - self.pos, 0), n)
-            if split:
-                self._overlay(self.pos, view[:split])
-            if split < n:
-                _pwrite_all(self.fd, view[split:], self.pos + split)
-        except OSError as exc:
-            self.error = exc
-            raise
+        if self.error is None:
+            try:
+                protect = self.orig_size if self.journal is not None else 0
+                split = min(max(protect - self.pos, 0), n)
+                if split:
+                    self._overlay(self.pages, self.pos, view[:split], self.orig_size)
+                if split < n:
+                    _pwrite_all(self.fd, view[split:], self.pos + split)
+                self.bytes_written += n
+            except OSError as exc:
+                self.error = exc
+        if self.error is not None:
+            self._overlay(self.spill, self.pos, view, None)
         self.pos += n
-        self.bytes_written += n
         return n
 
-    def _overlay(self, offset: int, view) -> None:
-        """Keep bytes that overwrite the original file in memory pages."""
+    def _overlay(self, pages: dict, offset: int, view, limit: int | None) -> None:
+        """Put bytes into memory pages (first filled from the file), clipped at ``limit``."""
         end = offset + len(view)
         for p in range(offset // PAGE, -(-end // PAGE)):
             start = p * PAGE
-            page = self.pages.get(p)
+            page = pages.get(p)
             if page is None:
-                page = self.pages[p] = bytearray(os.pread(self.fd, min(PAGE, self.orig_size - start),
-                                                          start))
+                size = PAGE if limit is None else min(PAGE, limit - start)
+                page = bytearray(os.pread(self.fd, size, start)) if self.error is None else \
+                    bytearray(self._read_quiet(size, start))
+                page += bytes(size - len(page))
+                pages[p] = page
             lo, hi = max(offset, start), min(end, start + len(page))
             page[lo - start:hi - start] = view[lo - offset:hi - offset]
+
+    def _read_quiet(self, size: int, offset: int) -> bytes:
+        """The current content (memory pages first) of a range, without raising."""
+        buf = bytearray(size)
+        try:
+            data = os.pread(self.fd, size, offset)
+        except OSError:
+            data = b""
+        buf[:len(data)] = data
+        saved, self.pos = self.pos, offset
+        self._patch(memoryview(buf), self.pages, min(offset + size, self.orig_size))
+        self.pos = saved
+        return bytes(buf)
 
     def truncate(self, size: int | None = None) -> int:
         size = self.pos if size is None else size
         if self.error is None:
             # Never below the original size before the commit; HDF5 accepts a file that
             # extends past its end-of-allocation.
-            os.ftruncate(self.fd, max(size, self.orig_size))
+            try:
+                os.ftruncate(self.fd, max(size, self.orig_size) if self.journal is not None else size)
+            except OSError as exc:
+                self.error = exc
         return size
 
     def flush(self) -> None:
