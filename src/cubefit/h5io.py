@@ -69,6 +69,18 @@ def _lock_contention(exc: OSError) -> bool:
     return "unable to lock file" in str(exc).lower()
 
 
+def _damaged(path: Path, detail: str) -> OSError:
+    return OSError(f"{path}: not an HDF5 file or truncated ({detail}); restore it from a copy "
+                   "or re-run populate (cubefit init)")
+
+
+def _refuse_empty(fobj: JournaledFile) -> None:
+    """HDF5 would silently start a new file in an existing empty one: refuse it."""
+    if fobj.orig_size == 0:
+        fobj.close()
+        raise _damaged(fobj.path, "0 bytes")
+
+
 def _open_error(path: Path, mode: str, exc: OSError, attempts: int) -> OSError:
     """The error to show for a failed open: the file, what is wrong, what to do."""
     msg, low = str(exc), str(exc).lower()
@@ -93,8 +105,7 @@ def _open_error(path: Path, mode: str, exc: OSError, attempts: int) -> OSError:
                        f"it ({msg}); if no process writes it, clear the mark with `h5clear -s "
                        f"{path}`")
     if any(s in low for s in _DAMAGED):
-        return OSError(f"{path}: not an HDF5 file or truncated ({msg}); restore it from a copy "
-                       "or re-run populate (cubefit init)")
+        return _damaged(path, msg)
     return OSError(exc.errno, f"{path}: cannot open it for {purpose} (mode {mode!r}): {msg}")
 
 
@@ -183,6 +194,7 @@ def _open_checked(path: Path, cfg: Config, kwargs: dict) -> h5py.File:
         fobj = JournaledFile(path, journal=False)
     except OSError as exc:
         raise _open_error(path, "r+", exc, 1) from exc
+    _refuse_empty(fobj)
     try:
         f = _CheckedFile(fobj, "r+", **_cache_kw(cfg), **kwargs)
     except OSError as exc:
@@ -323,6 +335,9 @@ def _transaction(path: Path, cfg: Config, need_bytes: int, operation: str):
         if new:
             target.unlink(missing_ok=True)
         raise _open_error(path, "r+", exc, 1) from exc
+    if not new and fobj.orig_size == 0:
+        undo(path, fd=fobj.fd)                  # removes the journal just begun
+        _refuse_empty(fobj)
     done = False
     try:
         try:

@@ -114,6 +114,9 @@ class JournaledFile:
         try:
             _pwrite_all(fd, _MAGIC + _HEAD.pack(self.orig_size, st.st_dev, st.st_ino), 0)
             os.fsync(fd)
+        except BaseException:
+            self.journal.unlink(missing_ok=True)
+            raise
         finally:
             os.close(fd)
         _fsync_dir(self.journal.parent)
@@ -234,9 +237,17 @@ class JournaledFile:
 
     # -- ending ---------------------------------------------------------------------
     def commit(self) -> None:
-        """Make the edit durable (module docstring); raises the recorded write error, if any."""
+        """Make the edit durable (module docstring); raises the recorded write error, if any
+        (a failure here is recorded too)."""
         if self.error is not None:
             raise self.error
+        try:
+            self._commit()
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def _commit(self) -> None:
         os.fsync(self.fd)                 # the new bytes, before anything points to them
         if self.journal is None:
             return
