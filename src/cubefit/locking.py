@@ -193,7 +193,7 @@ def _acquire(path: Path, operation: str, wait_s: float) -> int:
         waited = time.monotonic() - t0
         rec = _read_record(lock)
         if waited >= wait_s:
-            raise _busy_error(path, rec, waited)
+            raise _busy_error(path, rec, waited if wait_s > 0 else 0.0)
         if not announced:
             log.info("%s: waiting for %s to finish", path, describe_holder(rec))
             announced = True

@@ -492,7 +492,7 @@ class PipelineRunner:
             write_fit(self.path, x, attrs, datasets, config=self.config)
         except OSError as exc:
             saved = save_fallback(self.path, "X_global", x)
-            raise OSError(exc.errno, f"{exc}\nThe fitted x ({n} weights, cost {res.cost:.6g}) was "
+            raise OSError(exc.errno, f"{exc.strerror or exc}\nThe fitted x ({n} weights, cost {res.cost:.6g}) was "
                           f"saved to {saved}: numpy.load it and pass it as x0= to solve again "
                           "without the wait, or write it with cubefit.runner.write_fit") from exc
         log.info("%s: /X_global written (%s, status %d, cost %.6g, optimality %.3g, %d passes)",
