@@ -333,7 +333,9 @@ def undo(path, *, fd: int | None = None) -> bool:
         fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
     try:
         st = os.fstat(fd)
-        if parsed is None or (parsed[1], parsed[2]) != (st.st_dev, st.st_ino):
+        if len(raw) < len(_MAGIC) + _HEAD.size and _MAGIC.startswith(raw[:len(_MAGIC)]):
+            log.info("%s: removed the journal of an edit killed before it wrote anything", path)
+        elif parsed is None or (parsed[1], parsed[2]) != (st.st_dev, st.st_ino):
             log.warning("%s: removed the journal %s, which does not belong to this file",
                         path, jpath.name)
         else:
