@@ -84,7 +84,7 @@ def make_file(path: Path, cube_gib: float) -> dict:
     mgr.populate_from_arrays(losvd=g.losvd, datacube=g.datacube, templates=g.templates, mask=g.mask,
                              vel_pix=g.vel_pix, noise=g.noise, pop_axes=axes)
     mgr.ensure_rebin_and_resample()
-    S, C, P, L = g.dims.nSpat, g.dims.nComp, g.dims.nPop, g.dims.nLSpec
+    C, P, L = g.dims.nComp, g.dims.nPop, g.dims.nLSpec
     n_rows = max(1, int(cube_gib * 2**30 / (4 * C * P * L)))   # spaxel rows of the stand-in cube
     with h5py.File(path, "r+") as f:
         ds = f.create_dataset("/HyperCube/models", shape=(n_rows, C, P, L), dtype=np.float32,

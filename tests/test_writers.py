@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from cubefit.h5io import FileChangedError
-from cubefit.hypercube import build_hypercube, convert_hypercube_norm, hypercube_status
+from cubefit.hypercube import build_hypercube, hypercube_status
 from cubefit.locking import FileBusyError, lock_path, writer_lock
 from cubefit.operator import LOSVDOperator
 from cubefit.recon import reconstruct
