@@ -43,6 +43,10 @@ scratch dataset before overwriting it, with progress in group attributes, so a
 killed conversion can be finished and never applies a factor twice.  Compressed
 cubes resume the same way, but their chunk index changes with every tile, so
 build uncompressed and :func:`recompress_models` afterwards where a crash is likely.
+A build checks the free space for its missing tiles before it starts; a disk that
+fills anyway stops it with ``OSError(ENOSPC)`` at the failing tile, keeping the tiles
+written before (:func:`cubefit.h5io.open_h5`).  Every function here that writes the
+file holds its writer lock (:mod:`cubefit.locking`) for the whole call.
 """
 from __future__ import annotations
 

@@ -137,7 +137,12 @@ class JournaledFile:
     def readinto(self, buf) -> int:
         view = memoryview(buf).cast("B")
         try:
-            got = n = os.preadv(self.fd, [view], self.pos)
+            if hasattr(os, "preadv"):     # straight into HDF5's buffer
+                got = n = os.preadv(self.fd, [view], self.pos)
+            else:
+                data = os.pread(self.fd, len(view), self.pos)
+                got = n = len(data)
+                view[:n] = data
         except OSError as exc:            # never raise into HDF5: it reports a short read
             self.error = self.error or exc
             return 0
