@@ -21,6 +21,7 @@ from cubefit.runner import FIT_ATTRS, STAGING, read_fit, write_fit
 from cubefit.store import H5Manager, read_inputs
 from cubefit.tracking import find_sidecars
 from cubefit.weights import ensure_lambda_weights, read_lambda_weights
+from conftest import file_digest
 from reference import direct_hypercube
 
 
@@ -291,26 +292,30 @@ def test_killed_writer_leaves_the_old_or_the_new_result(h5):
 
 
 def test_interrupted_in_place_commit(h5, monkeypatch):
-    """Files above the copy threshold are edited in place: a failure before the commit
-    keeps the old result, a kill inside the commit is recovered by read_fit."""
-    cfg = Config.from_env(environ={}, atomic_copy_max_bytes=0)
-    write_fit(h5, np.zeros(5), _fit_attrs(0), {}, config=cfg)
+    """A failure inside the edit leaves the file byte for byte as it was (the journal rolls
+    it back, whatever the file's size); a staging group left without /X_global by the
+    in-place commits of earlier versions is still read by read_fit."""
+    write_fit(h5, np.zeros(5), _fit_attrs(0), {})
+    before = file_digest(h5)
 
     def crash(f):
         raise RuntimeError("killed before the commit")
 
     monkeypatch.setattr(runner_mod, "_commit", crash)
     with pytest.raises(RuntimeError):
-        write_fit(h5, np.ones(5), _fit_attrs(1), {}, config=cfg)
-    assert _check_consistent(h5, {0}) == 0                 # staged, never committed
-    with h5py.File(h5, "r") as f:
-        assert f[STAGING].attrs["complete"]
+        write_fit(h5, np.ones(5), _fit_attrs(1), {})
+    assert file_digest(h5) == before and _check_consistent(h5, {0}) == 0
     monkeypatch.undo()
-    # A kill inside the commit: the old result unlinked, the new one not yet moved in.
+    # An earlier version killed inside its in-place commit: old result unlinked, new one staged.
     with h5py.File(h5, "r+") as f:
+        f.copy("/X_global", f"{STAGING}/X_global")
+        f.copy("/Fit", f"{STAGING}/Fit")
+        f[f"{STAGING}/X_global"][...] = 1.0
+        f[f"{STAGING}/Fit"].attrs.update(_fit_attrs(1))
+        f[STAGING].attrs["complete"] = True
         del f["/X_global"], f["/Fit"]
     assert _check_consistent(h5, {1}) == 1
-    write_fit(h5, np.full(5, 2.0), _fit_attrs(2), {}, config=cfg)
+    write_fit(h5, np.full(5, 2.0), _fit_attrs(2), {})
     assert _check_consistent(h5, {2}) == 2
     with h5py.File(h5, "r") as f:
         assert STAGING not in f

@@ -283,7 +283,7 @@ def test_open_h5_retries_on_locked_file(tmp_path):
                               text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
-        with pytest.raises(OSError, match="cannot open"):
+        with pytest.raises(OSError, match="locked by another process"):
             open_h5(p, "a", config=cfg, retries=0)
         with open_h5(p, "a", config=cfg, retries=30) as f:  # succeeds once the holder exits
             assert f["x"][2] == 2

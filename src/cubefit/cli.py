@@ -266,6 +266,12 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def _add_wait(sub) -> None:
+    sub.add_argument("--wait", action="store_true",
+                     help="if another process is writing the file, wait for it to finish instead "
+                          "of failing (same as CUBEFIT_LOCK_WAIT=inf)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="cubefit",
@@ -291,6 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--losvd", default=None, metavar="FILE",
                    help="take /LOSVD (S, V, C) and /VelPix (V,) km/s from FILE (FITS: HDUs LOSVD "
                         "and VELPIX; HDF5: datasets LOSVD and VelPix) instead of INPUT")
+    _add_wait(i)
     i.set_defaults(func=cmd_init)
 
     b = sub.add_parser("build", help="build the materialised hypercube /HyperCube/models",
@@ -311,6 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--convert-to", choices=("data", "model"), default=None,
                    help="instead of building, convert the existing cube to this normalisation")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_wait(b)
     b.set_defaults(func=cmd_build)
 
     w = sub.add_parser("weights", help="create the λ-weights /HyperCube/lambda_weights",
@@ -322,6 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--min-w", type=float, default=None,
                    help="floor of the weights (default: CUBEFIT_LAMBDA_MIN_W = 1e-6)")
     w.add_argument("--overwrite", action="store_true", help="replace weights made with other settings")
+    _add_wait(w)
     w.set_defaults(func=cmd_weights)
 
     so = sub.add_parser("solve", help="fit the global non-negative population mixture",
@@ -366,6 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "without it) for /Fit/uncertainties; 0: none (default: %(default)s)")
     so.add_argument("--seed", type=int, default=None,
                     help="seed of the Monte-Carlo draws (default: unseeded)")
+    _add_wait(so)
     so.set_defaults(func=cmd_solve)
 
     r = sub.add_parser("recon", help="reconstruct the model cube A·x",
@@ -374,6 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("file")
     r.add_argument("--out", default="/ModelCube", help="dataset to write (default: %(default)s)")
     r.add_argument("--spaxels", default=None, help="comma-separated spaxel indices (default: all)")
+    _add_wait(r)
     r.set_defaults(func=cmd_recon)
 
     pl = sub.add_parser("plot", help="plot data, model and residuals of the best and worst spaxels",
@@ -444,6 +455,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
                         format="[cubefit] %(message)s")
+    if getattr(args, "wait", False):        # read by every writer through get_config()
+        os.environ["CUBEFIT_LOCK_WAIT"] = "inf"
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

@@ -43,13 +43,14 @@ class Config:
     rdcc_bytes: int = _knob(268435456, "CUBEFIT_RDCC_BYTES",
                             "Per-dataset chunk cache size in bytes (256 MiB).", "hdf5")
     open_retries: int = _knob(20, "CUBEFIT_OPEN_RETRIES",
-                              "Attempts to open a locked/busy HDF5 file before giving up.", "hdf5")
+                              "Attempts to open an HDF5 file locked by another process (HDF5 file "
+                              "locking on) before giving up; other open errors fail at once.", "hdf5")
     open_retry_wait: float = _knob(0.25, "CUBEFIT_OPEN_RETRY_WAIT",
                                    "Seconds between open attempts (doubles, capped at 5 s).", "hdf5")
-    atomic_copy_max_bytes: int = _knob(
-        2 * 1024**3, "CUBEFIT_ATOMIC_COPY_MAX_BYTES",
-        "Files up to this size are edited on a copy that replaces the original only when the "
-        "edit succeeded (crash-safe); larger ones are edited in place after validation.", "hdf5")
+    lock_wait: float = _knob(
+        0.0, "CUBEFIT_LOCK_WAIT",
+        "Seconds a writer waits while another process writes the same file (0: fail at once "
+        "naming the holder; inf: wait until it has finished).", "hdf5")
 
     # --- Multiprocessing & BLAS -------------------------------------------------
     mp_ctx: str = _knob("forkserver", "CUBEFIT_MP_CTX",

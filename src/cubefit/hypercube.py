@@ -43,6 +43,10 @@ scratch dataset before overwriting it, with progress in group attributes, so a
 killed conversion can be finished and never applies a factor twice.  Compressed
 cubes resume the same way, but their chunk index changes with every tile, so
 build uncompressed and :func:`recompress_models` afterwards where a crash is likely.
+A build checks the free space for its missing tiles before it starts; a disk that
+fills anyway stops it with ``OSError(ENOSPC)`` at the failing tile, keeping the tiles
+written before (:func:`cubefit.h5io.open_h5`).  Every function here that writes the
+file holds its writer lock (:mod:`cubefit.locking`) for the whole call.
 """
 from __future__ import annotations
 
@@ -61,7 +65,9 @@ from .config import Config, get_config
 from .grids import check_log_grid
 from .losvd import (AMP_MODES, NORM_MODES, fft_length, kernel_half_width, kernel_spectra,
                     losvd_amplitudes, losvd_kernels, norm_factors)
-from .store import SCHEMA, open_h5, read_rebin, write_dataset
+from .diskspace import EDIT_MARGIN_BYTES, require_free
+from .locking import writes_file
+from .store import open_h5, read_rebin, write_dataset
 from .weights import read_lambda_weights
 
 log = logging.getLogger(__name__)
@@ -214,6 +220,7 @@ def require_complete(f: h5py.File) -> HypercubeStatus:
     return st
 
 
+@writes_file("invalidate_tiles")
 def invalidate_tiles(h5, tiles=None, *, spaxels=None, config: Config | None = None) -> int:
     """Clear bits of the build bitmap so that the next build recomputes those tiles.
 
@@ -329,6 +336,7 @@ def _create_models(f, name, shape, chunks, compression):
     return write_dataset(f, name, None, shape=shape, dtype=np.float32, chunks=chunks, **kw)
 
 
+@writes_file("build_hypercube")
 def build_hypercube(h5, norm_mode: str = "data", amp_mode: str = "sum", S_chunk: int | None = None,
                     C_chunk: int | None = None, P_chunk: int | None = None, compression=None,
                     overwrite: bool = False, progress: bool = True,
@@ -375,6 +383,7 @@ def build_hypercube(h5, norm_mode: str = "data", amp_mode: str = "sum", S_chunk:
                     log.warning("%s: resuming a cube stored with compression %s:%s (requested %s); "
                                 "use recompress_models() afterwards to change it", path, *stored,
                                 compression)
+        n_todo = TileGrid(want["shape"][:3], want["chunks"]).n_tiles if fresh else len(st.missing)
         if fresh:   # everything is validated before the file is touched
             amp = _amplitudes(f, amp_mode, want["chunks"][0])
             if norm_mode == "data":
@@ -383,6 +392,9 @@ def build_hypercube(h5, norm_mode: str = "data", amp_mode: str = "sum", S_chunk:
     if fresh:
         # Pixel weights of the column energy, fixed for this build (module docstring).
         pw = mask * read_lambda_weights(path, config=cfg)
+    # Tiles take their disk space when written: check it is there before starting.
+    tile_bytes = 4 * int(np.prod(want["chunks"])) * want["shape"][3]
+    require_free(path, n_todo * tile_bytes + EDIT_MARGIN_BYTES, what="building /HyperCube/models")
     t0 = time.perf_counter()
     with open_h5(path, "r+", config=cfg) as f:
         if fresh:
@@ -553,6 +565,7 @@ def _write_energy(f) -> None:
 
 # ----------------------------------------------------------------------------- energy
 
+@writes_file("recompute_col_energy")
 def recompute_col_energy(h5, progress: bool = True, config: Config | None = None) -> np.ndarray:
     """Recompute ``col_energy (C, P)`` from the stored models with the current mask × λ-weights.
 
@@ -605,6 +618,7 @@ def _conversion_factors(filename, amp_sum, flux, to_mode) -> np.ndarray:
     return f
 
 
+@writes_file("convert_hypercube_norm")
 def convert_hypercube_norm(h5, to_mode: str, recompute_energy: bool = True, progress: bool = True,
                            config: Config | None = None) -> None:
     """Rescale a complete cube to the other normalisation without rebuilding it.
@@ -682,6 +696,7 @@ def _convert_tiles(f, factor, progress) -> None:
 
 # ----------------------------------------------------------------------------- recompression
 
+@writes_file("recompress_models")
 def recompress_models(h5, compression, progress: bool = True, config: Config | None = None) -> None:
     """Rewrite ``/HyperCube/models`` with other filters (``None``, ``"gzip"``, ``"lzf"``, level).
 

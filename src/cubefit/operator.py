@@ -53,7 +53,6 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-import scipy.fft
 import scipy.sparse as sp
 from scipy.sparse.linalg import LinearOperator
 
@@ -238,20 +237,23 @@ class LOSVDOperator:
         ``Config.backend`` (``CUBEFIT_BACKEND``).  Other keywords go to the constructor.
         """
         from .config import get_config
+        from .h5io import check_unchanged, file_state
         from .store import open_h5, read_inputs
 
         cfg = config or get_config()
         kwargs.setdefault("backend", cfg.backend)
+        if isinstance(lambda_weights, str) and lambda_weights != "auto":
+            raise ValueError(f"lambda_weights: expected 'auto', None or an (L,) array, got "
+                             f"{lambda_weights!r}")
+        state = file_state(path, cfg)          # the inputs and weights must not change meanwhile
         inp = read_inputs(path, config=cfg)
         if isinstance(lambda_weights, str):
-            if lambda_weights != "auto":
-                raise ValueError(f"lambda_weights: expected 'auto', None or an (L,) array, got "
-                                 f"{lambda_weights!r}")
             lambda_weights = None
             if cfg.lambda_weights_enable:
                 with open_h5(path, "r", config=cfg) as f:
                     if cfg.lambda_weights_dset in f:
                         lambda_weights = f[cfg.lambda_weights_dset][...]
+        check_unchanged(path, state, "LOSVDOperator.from_h5", cfg)
         return cls(inp.templates, inp.tem_pix, inp.obs_pix, inp.vel_pix, inp.losvd, inp.R,
                    norm_mode=norm_mode, amp_mode=amp_mode, data_flux=inp.data_flux,
                    datacube=inp.datacube, mask=inp.mask, lambda_weights=lambda_weights,

@@ -8,15 +8,20 @@ so a sparse solution touches a small part of the cube.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
 
 from .config import Config, get_config
 from .hypercube import MODELS, TileGrid, _status, check_spaxels, require_complete
+from .h5io import check_unchanged, edit_h5, state_of
+from .locking import FileBusyError, describe_holder, lock_holder, writer_lock
 from .provenance import file_fingerprint, x_sha256
-from .store import SCHEMA, _edit, open_h5, write_dataset
+from .store import SCHEMA, open_h5, write_dataset
 
 log = logging.getLogger(__name__)
 
@@ -83,27 +88,36 @@ def reconstruct(h5, x, out: str | None = None, spaxels=None, *,
     """
     cfg = config or get_config()
     path = Path(h5)
-    with open_h5(path, "r", config=cfg) as f:
+    # Writing into the file makes this a writer: it holds the lock while it reads too.
+    with writer_lock(path, "reconstruct", config=cfg) if out is not None else contextlib.nullcontext():
+        with open_h5(path, "r", config=cfg) as f:
+            if out is not None:
+                out = check_output_name(f, out)
+            state = state_of(f, cfg)
+            # A cube converted to the other normalisation after the fit no longer matches x.
+            st = _status(f) if MODELS in f else None
+            use_cube = st is not None and st.complete and not st.stale \
+                and st.settings.get("norm.mode") == fit_modes(f)[0]
+            fingerprint = file_fingerprint(f)
+            units = f["/DataCube"].attrs.get("units", SCHEMA["/ModelCube"][0]) if "/DataCube" in f \
+                else SCHEMA["/ModelCube"][0]
+        holder = lock_holder(path) if state["hypercube conversion"] else None
+        if holder is not None and holder.get("pid") != os.getpid():
+            raise FileBusyError(errno.EAGAIN, f"{path}: its hypercube is being converted to norm "
+                                f"{state['hypercube conversion']!r} by {describe_holder(holder)}; "
+                                "reconstruct once the conversion has finished")
+        if use_cube:
+            result, source = _from_cube(path, x, spaxels, cfg), MODELS
+        else:
+            result, source = _matrix_free(path, x, spaxels, cfg), "matrix-free LOSVD operator"
+        check_unchanged(path, state, "reconstruct", cfg)
         if out is not None:
-            out = check_output_name(f, out)
-        # A cube converted to the other normalisation after the fit no longer matches x.
-        st = _status(f) if MODELS in f else None
-        use_cube = st is not None and st.complete and not st.stale \
-            and st.settings.get("norm.mode") == fit_modes(f)[0]
-        fingerprint = file_fingerprint(f)
-        units = f["/DataCube"].attrs.get("units", SCHEMA["/ModelCube"][0]) if "/DataCube" in f \
-            else SCHEMA["/ModelCube"][0]
-    if use_cube:
-        result, source = _from_cube(path, x, spaxels, cfg), MODELS
-    else:
-        result, source = _matrix_free(path, x, spaxels, cfg), "matrix-free LOSVD operator"
-    if out is not None:
-        with _edit(path, cfg) as f:
-            ds = write_dataset(f, out, result, units=units, description=SCHEMA["/ModelCube"][1])
-            ds.attrs["source"] = source
-            ds.attrs["x_sha256"] = x_sha256(x)
-            ds.attrs["inputs_fingerprint"] = fingerprint
-            ds.attrs["spaxels"] = "all" if spaxels is None else np.asarray(spaxels, dtype=np.int64)
+            with edit_h5(path, cfg, operation="reconstruct", need_bytes=result.nbytes) as f:
+                ds = write_dataset(f, out, result, units=units, description=SCHEMA["/ModelCube"][1])
+                ds.attrs["source"] = source
+                ds.attrs["x_sha256"] = x_sha256(x)
+                ds.attrs["inputs_fingerprint"] = fingerprint
+                ds.attrs["spaxels"] = "all" if spaxels is None else np.asarray(spaxels, dtype=np.int64)
     return result
 
 

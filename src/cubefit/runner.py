@@ -76,16 +76,22 @@ zero; an explicit ``x0`` wins over both.  The source is recorded as ``/Fit`` att
 Atomic writes
 -------------
 :func:`write_fit` stages the new ``X_global`` and ``Fit`` under ``/_FitStaging``,
-flushes, then commits: deletes the old ``/X_global`` and ``/Fit`` and moves the staged
-ones in (two link moves), then deletes the staging group.  All of it happens inside
-the store's crash-safe edit (:func:`cubefit.store._edit`): files up to
-``CUBEFIT_ATOMIC_COPY_MAX_BYTES`` are edited on a copy that atomically replaces the
-original, so a run killed at any moment leaves the previous complete result; larger
-files (a materialised hypercube) are edited in place, where the commit is a few
-metadata operations after the flushed, complete staging group — a kill before the
-commit leaves the old result (the stale staging group is discarded by the next write),
-and :func:`read_fit` falls back to a complete staging group if a kill fell inside the
-commit itself.
+then commits: deletes the old ``/X_global`` and ``/Fit`` and moves the staged ones in
+(two link moves), then deletes the staging group.  All of it happens inside one
+crash-safe edit (:func:`cubefit.h5io.edit_h5`): the file changes only when the edit
+commits, through a rollback journal, and the write costs what it writes whatever the
+size of the file, so a run killed at any moment leaves the previous complete result.
+:func:`read_fit` still honours a complete staging group without ``/X_global``, which
+files written in place by earlier versions can hold.
+
+One writer at a time
+--------------------
+A solve holds the file's writer lock (:mod:`cubefit.locking`) from start to end, so a
+second solve, a build or a populate of the same file fails at once naming it (or
+waits, ``CUBEFIT_LOCK_WAIT``).  Before solving it checks that the result can be
+written (the file and its directory writable, the disk not full); if the final write
+still fails, the fitted ``x`` is saved beside the file (or in ``$TMPDIR``) as
+``<file>.X_global.<UTC time>.npy`` and the error says where.
 """
 from __future__ import annotations
 
@@ -109,7 +115,10 @@ from .regul_auto import UNUSED_ATTRS as REGUL_UNUSED, resolve_regul
 from .schema_extra import FIT_ATTRS as FIT_ATTRS_EXTRA
 from .solvers import STATUS, solve
 from .solvers.priors import with_priors
-from .store import SCHEMA, _edit, _stamp, open_h5, write_dataset
+from .diskspace import save_fallback
+from .h5io import check_unchanged, check_writable, edit_h5, file_state
+from .locking import writes_file
+from .store import SCHEMA, _stamp, open_h5, write_dataset
 from .tracking import FitTracker, latest_snapshot
 from .uncertainties import UNUSED_ATTRS as MC_UNUSED, check_nmonte, monte_carlo_for_file
 from .weights import read_lambda_weights, weights_summary
@@ -122,6 +131,8 @@ STAGING = "/_FitStaging"
 """Group where :func:`write_fit` assembles a new result before committing it."""
 
 _DEFAULT_NORM, _DEFAULT_AMP = "data", "sum"
+_RESULT_BYTES_PER_WEIGHT = 64
+"""Bytes of /X_global and /Fit per weight, generously (x, light, history rows)."""
 
 FIT_ATTRS: dict[str, tuple[str, str]] = {
     # result
@@ -220,7 +231,8 @@ def write_fit(h5, x, attrs: dict, datasets: dict, *, config: Config | None = Non
         raise ValueError(f"datasets: {['/Fit/' + k for k in unknown]} have no units and meaning in "
                          "cubefit.store.SCHEMA; add them there")
     x = np.asarray(x, dtype=np.float64).ravel()
-    with _edit(Path(h5), cfg) as f:
+    with edit_h5(Path(h5), cfg, operation="write_fit",
+                 need_bytes=x.nbytes + sum(np.asarray(v).nbytes for v in datasets.values())) as f:
         _stage(f, x, attrs, datasets)
         f.flush()
         _commit(f)
@@ -420,6 +432,7 @@ class PipelineRunner:
         log.info("%s: resume=True but no snapshot or /X_global fits: starting from zero", self.path)
         return None, "none"
 
+    @writes_file("solve")
     def solve_all_mp_batched(self, epochs=None, lr=None, project_nonneg: bool = True,
                              processes: int | None = None, blas_threads: int | None = None,
                              orbit_weights=None, pixels_per_aperture=None, method: str = "auto",
@@ -485,8 +498,9 @@ class PipelineRunner:
 
         t0 = time.perf_counter()
         fs = self._file_settings(norm_mode)
-        w = self._lambda_weights()
+        w = self._lambda_weights()             # may create them: the state is taken after
         w_digest = self._weights_digest()
+        state = file_state(self.path, self.config)
         op = LOSVDOperator.from_h5(self.path, norm_mode=fs["norm_mode"], amp_mode=fs["amp_mode"],
                                    lambda_weights=w, use_ivar=True, config=self.config,
                                    workers=processes)
@@ -497,6 +511,8 @@ class PipelineRunner:
         prob = with_priors(op, regul=regul, **priors)
         x_start, x0_source = self._warm_start(x0, resume, n, fs["has_x_global"],
                                               fs["inputs_fingerprint"])
+        # Find out now, not after the solve, if the result could not be written.
+        check_writable(self.path, _RESULT_BYTES_PER_WEIGHT * n, "the fit result (/X_global, /Fit)")
         t_setup = time.perf_counter() - t0
 
         settings = {"epochs": epochs, "lr": lr, "pixels_per_aperture": pixels_per_aperture,
@@ -567,7 +583,15 @@ class PipelineRunner:
         for extra, unused in ((search, REGUL_UNUSED), (mc, MC_UNUSED)):   # regul="auto", Monte Carlo
             attrs.update(unused if extra is None else extra.attrs())
             datasets.update({} if extra is None else extra.datasets())
-        write_fit(self.path, x, attrs, datasets, config=self.config)
+        check_unchanged(self.path, state, "solve", self.config)
+        try:
+            write_fit(self.path, x, attrs, datasets, config=self.config)
+        except OSError as exc:
+            saved = save_fallback(self.path, "X_global", x)
+            raise OSError(exc.errno, f"{exc.strerror or exc}\nThe fitted x ({n} weights, cost "
+                          f"{res.cost:.6g}) was saved to {saved}: numpy.load it and pass it as x0= "
+                          "to solve again without the wait, or write it with "
+                          "cubefit.runner.write_fit") from exc
         log.debug("%s: /X_global written (%s, status %d, cost %.6g, optimality %.3g, %d passes)",
                   self.path, res.method, status, res.cost, res.optimality, res.passes)
         stats = {"cost": res.cost, "data_cost": data_cost, "penalties": penalties,

@@ -56,8 +56,9 @@ import h5py
 import numpy as np
 
 from .config import Config, get_config
+from .h5io import edit_h5
 from .provenance import file_fingerprint, require_fresh_fit, stale_products
-from .store import SCHEMA, _edit, open_h5, write_dataset
+from .store import SCHEMA, open_h5, write_dataset
 
 log = logging.getLogger(__name__)
 
@@ -294,7 +295,7 @@ def write_template_masses(h5, library, *, config: Config | None = None) -> np.nd
         log.info("%s: the template library has no masses; mass-weighted quantities unavailable", h5)
         return None
     mu = np.asarray(library.masses, dtype=np.float64) / np.asarray(library.norm, dtype=np.float64)
-    with _edit(Path(h5), config or get_config()) as f:
+    with edit_h5(Path(h5), config or get_config(), operation="write_template_masses") as f:
         P = f["/Templates"].shape[0]
         if mu.shape != (P,):
             raise ValueError(f"{h5}: the library has {mu.size} templates but /Templates has P={P}")
@@ -310,7 +311,7 @@ def write_truth(h5, x_true, *, model=None, norm_mode: str = "model", meta: dict 
     """Keep a mock's truth beside its inputs: ``/Truth/x_true (C, P)`` (attribute
     ``norm.mode``), optionally the noise-free cube ``/Truth/model (S, L)``, and ``meta``
     (e.g. the components' parameters) as JSON attributes of ``/Truth``."""
-    with _edit(Path(h5), config or get_config()) as f:
+    with edit_h5(Path(h5), config or get_config(), operation="write_truth") as f:
         ds = write_dataset(f, TRUTH_X, np.asarray(x_true, dtype=np.float64),
                            units=SCHEMA["/X_global"][0],
                            description=f"true population weights (C, P) of the mock, in the "
@@ -330,7 +331,7 @@ def write_layout(h5, *, xy=None, xy_units: str = "spaxel", names=None,
     """Store the spaxel positions ``/SpaxelXY (S, 2)`` (in ``xy_units``, e.g. "spaxel" or
     "arcsec") and/or the component names ``/CompNames (C,)``, checked against the file's
     dimensions; the maps and labels of the report use them."""
-    with _edit(Path(h5), config or get_config()) as f:
+    with edit_h5(Path(h5), config or get_config(), operation="write_layout") as f:
         S, _, C = f["/LOSVD"].shape
         if xy is not None:
             xy = np.asarray(xy, dtype=np.float64)

@@ -7,16 +7,14 @@ artefacts under ``/HyperCube``; fit results at ``/X_global`` and ``/Fit``.
 
 Every dataset is written through :func:`write_dataset`, which attaches the
 ``units`` and ``description`` attributes of :data:`SCHEMA`.  Every public call
-validates all of its inputs before it touches the file, and edits of files up to
-``Config.atomic_copy_max_bytes`` are made on a copy that replaces the original
-only on success, so a failed or killed call leaves an existing file as it was.
+validates all of its inputs before it touches the file, and every write goes
+through :func:`cubefit.h5io.edit_h5` (writer lock, rollback journal), so a failed
+or killed call leaves an existing file as it was.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,6 +26,8 @@ import scipy.sparse as sp
 from . import C_KMS, __version__
 from .config import Config, get_config
 from .grids import check_log_grid, edges_from_centres, rebin_matrix
+from .h5io import edit_h5, open_h5
+from .locking import writes_file
 from .losvd import check_losvd, check_vel_grid, kernel_half_width
 from .provenance import digest, drop_stale_products, inputs_fingerprint, stale_products
 from .schema_extra import SCHEMA as SCHEMA_EXTRA
@@ -174,100 +174,6 @@ class H5Dims:
     P = property(lambda self: self.nPop)
 
 
-# ----------------------------------------------------------------------------- opening
-
-def _locking(cfg: Config):
-    v = str(cfg.hdf5_use_file_locking).strip().upper()
-    if v in ("FALSE", "0", "NO", "OFF"):
-        return False
-    if v == "BEST_EFFORT":
-        return "best-effort"
-    return True
-
-
-def open_h5(path, mode: str = "r", *, swmr: bool = False, config: Config | None = None,
-            retries: int | None = None, **kwargs) -> h5py.File:
-    """Open an HDF5 file with the configured chunk cache, locking policy and retries.
-
-    ``mode`` is h5py's.  ``swmr=True`` opens for single-writer/multiple-reader:
-    readers see a writer's flushed data live; a writer (mode ``"a"``/``"r+"``)
-    switches the file to SWMR after opening (it needs the latest file format).
-    A file that is busy (locked by another process) is retried ``retries`` times
-    with a doubling wait; a missing file fails at once.
-    """
-    cfg = config or get_config()
-    path = Path(path)
-    if mode == "r" and not path.exists():
-        raise FileNotFoundError(f"{path}: no such HDF5 file")
-    kw = dict(rdcc_nbytes=cfg.rdcc_nbytes, rdcc_nslots=cfg.rdcc_nslots, rdcc_w0=cfg.rdcc_w0,
-              locking=_locking(cfg))
-    if swmr and mode == "r":
-        kw["swmr"] = True
-    if swmr and mode != "r":
-        kw["libver"] = "latest"
-    kw.update(kwargs)
-    n = cfg.open_retries if retries is None else retries
-    wait = cfg.open_retry_wait
-    for attempt in range(n + 1):
-        try:
-            f = h5py.File(path, mode, **kw)
-            break
-        except (OSError, BlockingIOError) as exc:
-            if isinstance(exc, FileNotFoundError) or attempt == n:
-                raise OSError(f"{path}: cannot open in mode {mode!r} after {attempt + 1} attempts "
-                              f"({exc}); is another process writing it?") from exc
-            time.sleep(wait)
-            wait = min(2 * wait, 5.0)
-    if swmr and mode != "r":
-        f.swmr_mode = True
-    return f
-
-
-@contextlib.contextmanager
-def _edit(path: Path, cfg: Config):
-    """Yield an h5py.File to modify; the change reaches ``path`` only if the block succeeds.
-
-    Small files are edited on a sibling copy that atomically replaces the original,
-    so a crash mid-write cannot corrupt it; files above ``cfg.atomic_copy_max_bytes``
-    are edited in place (callers validate everything first).
-    """
-    path = Path(path)
-    exists = path.exists()
-    if exists and path.stat().st_size > cfg.atomic_copy_max_bytes:
-        with open_h5(path, "r+", config=cfg) as f:
-            yield f
-        return
-    _remove_orphans(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        if exists:
-            shutil.copy2(path, tmp)
-        with open_h5(tmp, "r+" if exists else "w", config=cfg, retries=0) as f:
-            yield f
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def _remove_orphans(path: Path) -> None:
-    """Delete edit copies of ``path`` left by killed processes (``.<name>.tmp-<pid>``,
-    ``.<name>.new-<pid>``); a copy of a live process is left alone."""
-    for p in path.parent.glob(f".{path.name}.*-*"):
-        kind, _, pid = p.name[len(path.name) + 2:].rpartition("-")
-        if kind not in ("tmp", "new") or not pid.isdigit():
-            continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            p.unlink(missing_ok=True)
-            log.info("removed %s, left by a killed process", p)
-        except PermissionError:  # alive, owned by someone else
-            pass
-
-
 # ----------------------------------------------------------------------------- writing
 
 def _schema_entry(name: str) -> tuple[str, str]:
@@ -378,6 +284,7 @@ class H5Manager:
             return H5Dims(**{k: int(v) for k, v in zip(f.attrs["dims_names"], f.attrs["dims"])})
 
     # -- init ----------------------------------------------------------------------------
+    @writes_file("init_base")
     def init_base(self, dims: H5Dims, *, overwrite: bool = False) -> None:
         """Create the file with its dimensions and (if given) the spectral grids.
 
@@ -422,7 +329,7 @@ class H5Manager:
                     check_grid_unchanged(f[name][...], grid, name, self.path)
 
     def _write_base(self, path, dims, new):
-        with _edit(Path(path), self.config) as f:
+        with edit_h5(Path(path), self.config) as f:
             if new:
                 f.attrs["created_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
                 f.attrs["dims_names"] = list(asdict(dims))
@@ -437,6 +344,7 @@ class H5Manager:
             _stamp(f)
 
     # -- populate ------------------------------------------------------------------------
+    @writes_file("populate")
     def populate_from_arrays(self, *, losvd, datacube, templates, mask=None, vel_pix=None,
                              noise=None, orbit_weights=None, pop_axes=None,
                              axis_units=None, data_unit=None, template_unit=None) -> H5Dims:
@@ -631,7 +539,7 @@ class H5Manager:
 
         dims = H5Dims(nSpat=S, nLSpec=L, nTSpec=T, nVel=V, nComp=C, nPop=P)
         s_chunk = max(1, min(S, (1 << 20) // (8 * max(L, V * C))))
-        with _edit(self.path, cfg) as f:
+        with edit_h5(self.path, cfg) as f:
             if "dims" not in f.attrs:
                 f.attrs["created_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             f.attrs["dims_names"] = list(asdict(dims))
@@ -677,6 +585,7 @@ class H5Manager:
         return dims
 
     # -- rebin ---------------------------------------------------------------------------
+    @writes_file("rebin")
     def ensure_rebin_and_resample(self, *, force: bool = False) -> sp.csr_matrix:
         """Build ``/R_T`` (sparse CSR ``(L, T)``) from the stored grids if missing or stale.
 
@@ -699,7 +608,7 @@ class H5Manager:
             bad = np.flatnonzero(np.abs(rows - 1) > 1e-9)
             raise ValueError(f"/R_T: observed pixels {bad[:10].tolist()} are not fully covered by "
                              "/TemPix; extend the templates")
-        with _edit(self.path, self.config) as f:
+        with edit_h5(self.path, self.config) as f:
             if "/R_T" in f:
                 del f["/R_T"]
             g = f.create_group("/R_T")

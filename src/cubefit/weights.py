@@ -33,7 +33,8 @@ from scipy.ndimage import uniform_filter1d
 
 from . import __version__
 from .config import Config, get_config
-from .store import SCHEMA, _edit, open_h5, write_dataset
+from .h5io import edit_h5
+from .store import SCHEMA, open_h5, write_dataset
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +152,7 @@ def ensure_lambda_weights(h5, *, small_px: int = 7, large_px: int = 31, min_w: f
         energy_pw = f["/HyperCube/col_energy_weights"][...] if "/HyperCube/col_energy_weights" in f \
             else None
     w, scale = lambda_weights(med, mask, small_px, large_px, min_w)
-    with _edit(path, cfg) as f:
+    with edit_h5(path, cfg, operation="ensure_lambda_weights") as f:
         ds = write_dataset(f, dset, w, units=SCHEMA["/HyperCube/lambda_weights"][0],
                            description=SCHEMA["/HyperCube/lambda_weights"][1])
         for k, v in want.items():
