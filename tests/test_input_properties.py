@@ -12,7 +12,7 @@ re-populates an existing, populated file with it.  The property: the call is eit
 
 The examples are derandomised (the same every run) and few, for CI (40 and 25;
 ``RELIABILITY_EXAMPLES=N`` runs N and 5N/8).  With ``RELIABILITY_COUNTS_JSON=path.json``
-the outcome counts are written there (the table in docs/reliability-inputs.md comes
+the outcome counts are written there (the table in docs/reliability.md comes
 from it).
 """
 import collections
