@@ -1,0 +1,8 @@
+"""Per-spectrum fits of survey spectra (DESI, SDSS, any 1-D spectrum).
+
+:mod:`cubefit.spectra.data` holds the containers (:class:`Resolution`,
+:class:`Camera`, :class:`Spectrum`) shared by the readers and the fitter.
+"""
+from .data import FWHM_PER_SIGMA, Camera, Resolution, Spectrum
+
+__all__ = ["Resolution", "Camera", "Spectrum", "FWHM_PER_SIGMA"]
