@@ -77,3 +77,15 @@ def test_bad_inputs_are_named():
     cam = Camera("b", w, np.ones(30), np.ones(30), Resolution.from_fwhm(2.0, w))
     s = Spectrum([cam], z=0.1, targetid=7)
     assert s.cameras[0].npix == 30 and s.air is False and s.meta == {}
+
+
+def test_air_vacuum_conversion():
+    from cubefit.spectra import air_to_vacuum, vacuum_to_air
+    # NIST: Hα 6562.80 Å (air) = 6564.61 Å (vacuum); [O III] 5006.84 (air) = 5008.24 (vacuum)
+    np.testing.assert_allclose(air_to_vacuum([6562.80, 5006.84]), [6564.61, 5008.24], atol=0.01)
+    lam = np.linspace(3000.0, 11000.0, 50)
+    np.testing.assert_allclose(vacuum_to_air(air_to_vacuum(lam)), lam, rtol=1e-13)
+    # Ciddor (1996) as coded independently in pPXF agrees to < 0.5 km/s over 3500-9000 Å
+    ppxf_util = pytest.importorskip("ppxf.ppxf_util")
+    lam = np.linspace(3500.0, 9000.0, 20)
+    np.testing.assert_allclose(air_to_vacuum(lam), ppxf_util.air_to_vac(lam), rtol=1.7e-6)

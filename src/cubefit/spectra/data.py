@@ -20,10 +20,33 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.special import erf
 
-__all__ = ["Resolution", "Camera", "Spectrum", "FWHM_PER_SIGMA"]
+__all__ = ["Resolution", "Camera", "Spectrum", "FWHM_PER_SIGMA", "vacuum_to_air", "air_to_vacuum"]
 
 FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
 """FWHM of a Gaussian in units of its standard deviation (≈ 2.3548)."""
+
+
+def _air_index(lam_vac: np.ndarray) -> np.ndarray:
+    """Refractive index of standard air at vacuum wavelength ``lam_vac`` (Å): the IAU
+    standard (Morton 1991, ApJS 77, 119), as used by SDSS and DESI."""
+    s2 = (1e4 / lam_vac) ** 2
+    return 1.0 + 2.735182e-4 + 1.314182e-6 * s2 + 2.76249e-8 * s2 * s2
+
+
+def vacuum_to_air(lam_vac) -> np.ndarray:
+    """Air wavelengths (Å) of vacuum wavelengths ``lam_vac`` (Å), IAU standard formula."""
+    lam = np.asarray(lam_vac, dtype=np.float64)
+    return lam / _air_index(lam)
+
+
+def air_to_vacuum(lam_air) -> np.ndarray:
+    """Vacuum wavelengths (Å) of air wavelengths ``lam_air`` (Å): the inverse of
+    :func:`vacuum_to_air`, solved by fixed-point iteration to ~1e-12 relative."""
+    air = np.asarray(lam_air, dtype=np.float64)
+    vac = air * _air_index(air)
+    for _ in range(3):                   # contraction factor ~1e-6 per step
+        vac = air * _air_index(vac)
+    return vac
 
 
 def _as_wave(wave, name: str = "wave") -> np.ndarray:
