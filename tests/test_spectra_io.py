@@ -9,8 +9,9 @@ from astropy.table import Table
 
 from cubefit.spectra.desi import coadd_path, select_desi
 from cubefit.spectra.extinction import mw_transmission
+from cubefit.spectra.data import air_to_vacuum
 from cubefit.spectra.io import (STATUS_BAD_VALUES, STATUS_NO_GOOD_PIXELS, InputError, TargetProblem,
-                                air_to_vacuum, read_table, spectrum_from_arrays, vacuum_to_air)
+                                read_table, spectrum_from_arrays)
 from cubefit.spectra.sdss import read_sdss
 from spectra_fakes import COADD, REDROCK, TARGETID, Z_TRUE, needs_desi, write_desi_pair
 
@@ -39,18 +40,6 @@ def test_fitzpatrick99_spline_anchors():
         mw_transmission([5000.0], -0.1)
     with pytest.raises(ValueError, match="range"):
         mw_transmission([500.0], 0.1)
-
-
-# ----------------------------------------------------------------------------- air / vacuum
-def test_air_vacuum_against_nist_lines():
-    """NIST: Hα 6562.80 Å air = 6564.61 Å vacuum; [O III] 5006.84 = 5008.24; Ca K
-    3933.66 = 3934.78."""
-    air = np.array([6562.801, 5006.843, 3933.663])
-    vac = np.array([6564.614, 5008.240, 3934.777])
-    np.testing.assert_allclose(air_to_vacuum(air), vac, atol=0.005)
-    np.testing.assert_allclose(vacuum_to_air(vac), air, atol=0.005)
-    w = np.linspace(3000.0, 11000.0, 1001)
-    np.testing.assert_allclose(vacuum_to_air(air_to_vacuum(w)), w, atol=1e-8)
 
 
 # ----------------------------------------------------------------------------- DESI

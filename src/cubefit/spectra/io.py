@@ -9,11 +9,12 @@
 * :func:`clean_camera` — the per-camera clean-up every reader applies: drop a
   camera with no inverse variance, zero the inverse variance of masked pixels and of
   the first and last few pixels, add a fractional error floor.
-* :func:`air_to_vacuum` / :func:`vacuum_to_air` — IAU standard conversion.
 * :func:`spectrum_from_arrays` and :func:`read_table` — generic 1-D spectra.
 
 Units: wavelengths in Å (observed frame), flux densities per Å in the file's unit
 (DESI and SDSS: 1e-17 erg s⁻¹ cm⁻² Å⁻¹), ``ivar`` the inverse variance of the flux.
+Spectra declared in air are moved to vacuum wavelengths with
+:func:`cubefit.spectra.data.air_to_vacuum` (IAU standard formula).
 """
 from __future__ import annotations
 
@@ -23,12 +24,11 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from .data import Camera, Resolution, Spectrum
+from .data import Camera, Resolution, Spectrum, air_to_vacuum
 from .extinction import DEFAULT_RV, deredden_camera
 
 __all__ = ["InputError", "TargetProblem", "SelectedFile", "STATUS_NO_GOOD_PIXELS",
-           "STATUS_BAD_VALUES", "clean_camera", "air_to_vacuum", "vacuum_to_air",
-           "spectrum_from_arrays", "read_table", "header_dependency"]
+           "STATUS_BAD_VALUES", "clean_camera", "spectrum_from_arrays", "read_table", "header_dependency"]
 
 STATUS_NO_GOOD_PIXELS = 101
 """Row status: every camera of the target is fully masked (no pixel with ivar > 0)."""
@@ -128,29 +128,6 @@ def finish_spectrum(cameras: list[Camera], *, z: float, targetid: int, ebv: floa
     cams = [deredden_camera(c, ebv, rv) for c in cameras]
     return Spectrum(cameras=cams, z=float(z), targetid=int(targetid), air=False, ebv=float(ebv),
                     meta=dict(meta or {}))
-
-
-# --------------------------------------------------------------------------- air / vacuum
-def vacuum_to_air(wave_vac) -> np.ndarray:
-    """Air wavelengths (Å) of vacuum wavelengths ``wave_vac`` (Å), by the IAU standard
-    formula (Morton 2000, the one SDSS uses); valid above 2000 Å, identity below."""
-    w = np.asarray(wave_vac, dtype=np.float64)
-    s2 = (1e4 / w) ** 2
-    n = 1.0 + 8.34254e-5 + 2.406147e-2 / (130.0 - s2) + 1.5998e-4 / (38.9 - s2)
-    return np.where(w >= 2000.0, w / n, w)
-
-
-def air_to_vacuum(wave_air) -> np.ndarray:
-    """Vacuum wavelengths (Å) of air wavelengths ``wave_air`` (Å): the exact inverse of
-    :func:`vacuum_to_air`, solved by fixed-point iteration (converges to 1e-12 Å)."""
-    a = np.asarray(wave_air, dtype=np.float64)
-    v = a.copy()
-    for _ in range(20):
-        step = a - vacuum_to_air(v)
-        v = v + step
-        if np.all(np.abs(step) < 1e-9):
-            break
-    return v
 
 
 # --------------------------------------------------------------------------- generic inputs
