@@ -50,7 +50,9 @@ class ContinuumOptions:
     """Settings of a continuum fit.
 
     moments: 2 (v, σ) or 4 (v, σ, h3, h4).  degree: additive Legendre degree (-1: none).
-    mdegree: multiplicative Legendre degree (0: none).  dust: fit Calzetti τ_V ≥ 0.
+    mdegree: multiplicative Legendre degree (0: none; None: one per 1000 Å of the
+    rest-frame range fitted, rounded down — flux-calibration and dust residuals in survey
+    spectra otherwise leak into σ).  dust: fit Calzetti τ_V ≥ 0.
     vel_start, sigma_start (km/s): start point.  vel_max: |v| bound, sigma_min,
     sigma_max: σ bounds (km/s; the upper ones are clipped to what the templates were
     prepared for).  h_max: |h3|, |h4| bound.  tau_max: τ_V bound.  line_half_width:
@@ -60,7 +62,7 @@ class ContinuumOptions:
 
     moments: int = 2
     degree: int = -1
-    mdegree: int = 0
+    mdegree: int | None = None
     dust: bool = False
     vel_start: float = 0.0
     sigma_start: float = 150.0
@@ -90,9 +92,9 @@ def continuum_columns(n_templates: int = 150, camera_names=("b", "r", "z")) -> t
     kms, ikms = "km/s", "s2/km2"
     cols = [
         ("TARGETID", "i8", "", "Unique target ID (-1 when not given)"),
-        ("CONTINUUM_STATUS", "i2", "", "Continuum fit status: 0 ok, 1 bad input, 2 no usable pixels, "
+        ("STATUS", "i2", "", "Continuum fit status: 0 ok, 1 bad input, 2 no usable pixels, "
                                        "3 outside the templates' range, 4 fit failed"),
-        ("CONTINUUM_MESSAGE", "U160", "", "Why the continuum fit failed (empty when it succeeded)"),
+        ("MESSAGE", "U160", "", "Why the continuum fit failed (empty when it succeeded)"),
         ("VSHIFT", "f8", kms, "Stellar velocity relative to the redshift Z, c·ln(1+Δz)"),
         ("VSHIFT_IVAR", "f8", ikms, "Inverse variance of VSHIFT"),
         ("VDISP", "f8", kms, "Stellar velocity dispersion"),
@@ -197,7 +199,7 @@ class ContinuumResult:
         w = self.weights if self.weights is not None else np.zeros(self.n_templates)
         vals = {
             "TARGETID": -1 if self.targetid is None else int(self.targetid),
-            "CONTINUUM_STATUS": int(self.status), "CONTINUUM_MESSAGE": str(self.message)[:160],
+            "STATUS": int(self.status), "MESSAGE": str(self.message)[:160],
             "VSHIFT": self.vel, "VSHIFT_IVAR": ivar(self.vel_err),
             "VDISP": self.sigma, "VDISP_IVAR": ivar(self.sigma_err), "VDISP_FLAG": int(self.vdisp_flag),
             "H3": self.h3, "H3_IVAR": ivar(self.h3_err), "H4": self.h4, "H4_IVAR": ivar(self.h4_err),
@@ -239,10 +241,11 @@ def fit_continuum(spec: Spectrum, templates: PreparedTemplates,
         res.status, res.message = err.status, str(err)
         return res
     vmax, smax = model.vel_max, model.sigma_max
-    lo = [-vmax, opt.sigma_min] + [-opt.h_max] * (opt.moments - 2) + [-1.0] * opt.mdegree
-    hi = [vmax, smax] + [opt.h_max] * (opt.moments - 2) + [1.0] * opt.mdegree
+    md = model.mdegree
+    lo = [-vmax, opt.sigma_min] + [-opt.h_max] * (opt.moments - 2) + [-1.0] * md
+    hi = [vmax, smax] + [opt.h_max] * (opt.moments - 2) + [1.0] * md
     x0 = [opt.vel_start, min(opt.sigma_start, 0.5 * (opt.sigma_min + smax))] + \
-        [0.0] * (opt.moments - 2 + opt.mdegree)
+        [0.0] * (opt.moments - 2 + md)
     if opt.dust:
         lo, hi, x0 = lo + [0.0], hi + [opt.tau_max], x0 + [0.1]
     try:
@@ -269,7 +272,7 @@ def _fill(res, model, opt, x, err, st, nfev, spec, pt):
     res.vel_err, res.sigma_err = float(err[0]), float(err[1])
     if k == 4:
         res.h3, res.h4, res.h3_err, res.h4_err = float(x[2]), float(x[3]), float(err[2]), float(err[3])
-    res.mpoly = np.asarray(x[k:k + opt.mdegree], dtype=np.float64)
+    res.mpoly = np.asarray(x[k:k + model.mdegree], dtype=np.float64)
     if opt.dust:
         res.tau_v, res.tau_v_err = float(x[-1]), float(err[-1])
     w = st["w"]

@@ -55,13 +55,21 @@ __all__ = ["TargetModel", "TargetProblem", "EMISSION_LINES", "line_mask", "STATU
 STATUS = {"ok": 0, "bad_input": 1, "no_pixels": 2, "out_of_range": 3, "fit_failed": 4}
 """Per-target status codes of a continuum fit."""
 
-EMISSION_LINES = {
-    "[OII]3726": 3727.092, "[OII]3729": 3729.875, "[NeIII]3869": 3869.86, "Hdelta": 4102.892,
-    "Hgamma": 4341.684, "Hbeta": 4862.683, "[OIII]4959": 4960.295, "[OIII]5007": 5008.240,
-    "HeI5876": 5877.249, "[OI]6300": 6302.046, "[NII]6548": 6549.859, "Halpha": 6564.608,
-    "[NII]6584": 6585.273, "[SII]6716": 6718.294, "[SII]6731": 6732.674,
+_LINES_AIR = {
+    "MgII2796": 2795.53, "MgII2803": 2802.71, "[NeV]3346": 3345.82, "[NeV]3426": 3425.88,
+    "[OII]3726": 3726.03, "[OII]3729": 3728.82, "H12": 3750.15, "H11": 3770.63, "H10": 3797.90,
+    "H9": 3835.39, "[NeIII]3869": 3868.76, "H8": 3889.05, "[NeIII]3967": 3967.47, "Hepsilon": 3970.07,
+    "Hdelta": 4101.74, "Hgamma": 4340.47, "[OIII]4363": 4363.21, "HeI4471": 4471.48,
+    "HeII4686": 4685.70, "Hbeta": 4861.33, "[OIII]4959": 4958.91, "[OIII]5007": 5006.84,
+    "[NI]5200": 5200.26, "[NII]5755": 5754.64, "HeI5876": 5875.62, "[OI]6300": 6300.30,
+    "[SIII]6312": 6312.06, "[OI]6364": 6363.78, "[NII]6548": 6548.05, "Halpha": 6562.80,
+    "[NII]6584": 6583.45, "HeI6678": 6678.15, "[SII]6716": 6716.44, "[SII]6731": 6730.82,
+    "HeI7065": 7065.19, "[ArIII]7136": 7135.79, "[OII]7320": 7319.92, "[OII]7330": 7330.19,
+    "[ArIII]7751": 7751.06, "[SIII]9069": 9068.60, "[SIII]9531": 9530.60,
 }
-"""Rest vacuum wavelengths (Å) of the emission lines masked in continuum fits."""
+EMISSION_LINES = {k: float(v) for k, v in zip(_LINES_AIR, air_to_vacuum(np.array(list(_LINES_AIR.values()))))}
+"""Rest vacuum wavelengths (Å) of the emission lines masked in continuum fits: the
+standard optical nebular lines (NIST air wavelengths, converted with the IAU formula)."""
 
 
 class TargetProblem(Exception):
@@ -117,6 +125,7 @@ class TargetModel:
     """One target prepared for fitting (module docstring).
 
     ``params`` order: v, σ (km/s), [h3, h4] (``moments=4``), m_1..m_mdegree, [τ_V].
+    ``mdegree=None`` chooses one degree per 1000 Å of rest-frame range fitted.
     Raises :class:`TargetProblem` for per-target problems.
     """
 
@@ -125,8 +134,8 @@ class TargetModel:
                  vel_max: float | None = None, sigma_max: float | None = None):
         if moments not in (2, 4):
             raise ValueError(f"moments: expected 2 (v, σ) or 4 (v, σ, h3, h4), got {moments}")
-        if degree < -1 or mdegree < 0:
-            raise ValueError(f"degree ≥ -1 and mdegree ≥ 0 expected, got {degree}, {mdegree}")
+        if degree < -1 or (mdegree is not None and mdegree < 0):
+            raise ValueError(f"degree ≥ -1 and mdegree ≥ 0 (or None) expected, got {degree}, {mdegree}")
         self.pt, self.moments, self.degree, self.mdegree, self.dust = pt, moments, degree, mdegree, dust
         self.z = float(spec.z)
         if not (np.isfinite(self.z) and self.z > -0.01):
@@ -135,6 +144,10 @@ class TargetModel:
         self.sigma_max = min(pt.sigma_max, sigma_max if sigma_max is not None else pt.sigma_max)
         self.lnz = math.log1p(self.z)
         self._setup_cameras(spec, line_half_width)
+        if mdegree is None:            # one degree per 1000 Å of rest-frame range fitted
+            lo = min(c.ln_rest[c.good].min() for c in self.cameras if c.good.any())
+            hi = max(c.ln_rest[c.good].max() for c in self.cameras if c.good.any())
+            self.mdegree = int((math.exp(hi) - math.exp(lo)) // 1000.0)
         self.n_good = sum(int(c.good.sum()) for c in self.cameras)
         self.n_lin = pt.P + degree + 1
         if self.n_good < 2 * (self.n_params + self.n_lin) and self.n_good < 50:
