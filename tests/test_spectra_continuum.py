@@ -5,6 +5,7 @@ import math
 
 import numpy as np
 import pytest
+from threadpoolctl import threadpool_limits
 
 from cubefit import C_KMS
 from cubefit.mock import synthetic_templates
@@ -18,6 +19,13 @@ from cubefit.templates import TemplateLibrary
 VS = 20.0            # template pixel, km/s
 SIG_T = 25.0         # templates' own dispersion, km/s (constant in velocity)
 Z = 0.05
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small dense problems: threaded BLAS only adds contention on a shared machine."""
+    with threadpool_limits(limits=1):
+        yield
 
 
 @pytest.fixture(scope="module")
