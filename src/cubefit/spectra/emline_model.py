@@ -82,6 +82,11 @@ def _band_block(band: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> sp.csr_
     return sp.csr_matrix((vals, (i[ok] - rows[0], j[ok] - cols[0])), shape=(rows.size, cols.size))
 
 
+def _usable_ivar(flux, ivar, cont) -> np.ndarray:
+    """``ivar`` where flux and continuum are finite and ivar positive, else 0."""
+    return np.where(np.isfinite(flux) & np.isfinite(cont) & (ivar > 0), ivar, 0.0)
+
+
 class LineModel:
     """Lines of ``linelist`` on the cameras of ``spec``, fitted to ``flux − continuum``.
 
@@ -114,7 +119,7 @@ class LineModel:
             if cont.shape != cam.flux.shape:
                 raise ValueError(f"continuum of camera {cam.name!r}: shape {cont.shape}, expected {cam.flux.shape}")
             wave = air_to_vacuum(cam.wave) if spec.air else cam.wave
-            ivar = np.where(np.isfinite(cam.flux) & np.isfinite(cont) & (cam.ivar > 0), cam.ivar, 0.0)
+            ivar = _usable_ivar(cam.flux, cam.ivar, cont)
             y = np.where(ivar > 0, cam.flux - cont, 0.0)
             res = cam.resolution
             band = res.matrix if (res is not None and res.kind == "matrix") else None
@@ -249,7 +254,10 @@ class LineModel:
         self.oseg = np.repeat(np.arange(self.nseg), [b.shape[0] for b in wblocks])
         self.oline = self.seg_line[self.oseg]
         # Fitted rows: unmasked pixels reached by any window, camera by camera.
-        good = np.array([self.cams[c].ivar[p] > 0 for c, p in zip(self.ocam, self.opix)], dtype=bool)
+        good = np.zeros(self.ocam.size, dtype=bool)
+        for ci, c in enumerate(self.cams):
+            sel = self.ocam == ci
+            good[sel] = c.ivar[self.opix[sel]] > 0
         key = self.ocam.astype(np.int64) * (1 << 32) + self.opix
         ukeys = np.unique(key[good])
         self.rows_cam = (ukeys >> 32).astype(np.intp)
@@ -257,8 +265,8 @@ class LineModel:
         self.nrows = ukeys.size
         self.orow = np.full(key.size, -1, dtype=np.intp)
         self.orow[good] = np.searchsorted(ukeys, key[good])
-        self.sqrtw = np.sqrt(np.array([self.cams[c].ivar[p] for c, p in zip(self.rows_cam, self.rows_pix)]))
-        self.yw = self.sqrtw * np.array([self.cams[c].y[p] for c, p in zip(self.rows_cam, self.rows_pix)])
+        self.sqrtw = np.sqrt(self._gather([c.ivar for c in self.cams]))
+        self.yw = self.sqrtw * self._gather([c.y for c in self.cams])
         # Static Jacobian pattern over the entries that land on fitted rows.
         e = np.flatnonzero(self.orow >= 0)
         self._je = e
@@ -321,8 +329,8 @@ class LineModel:
         m = np.bincount(self.orow[e], weights=F[self.oline[e]] * Q[e], minlength=self.nrows)
         return self.sqrtw * m - self.yw
 
-    def jacobian(self, theta) -> sp.csr_matrix:
-        """Analytic Jacobian ``∂residual/∂θ`` as a sparse ``(nrows, nparams)`` CSR matrix."""
+    def _jacobian_values(self, theta) -> np.ndarray:
+        """Values of the Jacobian at its static pattern ``(_jrows, _jcols)`` (duplicates add)."""
         theta = np.asarray(theta, dtype=np.float64)
         Q = self.profiles(theta)
         e = self._je
@@ -334,13 +342,46 @@ class LineModel:
         seg = self.oseg[e]
         w = self.sqrtw[self.orow[e]]
         er = self._je_r
-        vals = np.concatenate([
+        return np.concatenate([
             w * coef[k] * Q[e, 0],
             self.sqrtw[self.orow[er]] * A[self.oline[er]] * Q[er, 0],
             w * F[k] * Q[e, 1] / C_KMS,
             w * F[k] * Q[e, 2] * sig[seg] / (C_KMS ** 2 * s[seg]),
         ])
-        return sp.csr_matrix((vals, (self._jrows, self._jcols)), shape=(self.nrows, self.nparams))
+
+    def jacobian(self, theta) -> sp.csr_matrix:
+        """Analytic Jacobian ``∂residual/∂θ`` as a sparse ``(nrows, nparams)`` CSR matrix."""
+        return sp.csr_matrix((self._jacobian_values(theta), (self._jrows, self._jcols)),
+                             shape=(self.nrows, self.nparams))
+
+    def jacobian_dense(self, theta) -> np.ndarray:
+        """The same Jacobian as a dense array (cheaper to build for small problems)."""
+        flat = np.bincount(self._jrows * self.nparams + self._jcols, weights=self._jacobian_values(theta),
+                           minlength=self.nrows * self.nparams)
+        return flat.reshape(self.nrows, self.nparams)
+
+    def with_data(self, spec: Spectrum, continuum) -> "LineModel":
+        """This model (same lines, windows and pixels) fitted to another flux on the same
+        cameras, wavelengths and ivar — a Monte-Carlo copy.  Raises ``ValueError`` if the
+        cameras differ in anything but the flux."""
+        if len(spec.cameras) != len(self.cams):
+            raise ValueError("with_data: the spectrum has a different number of cameras")
+        new = object.__new__(LineModel)
+        new.__dict__.update(self.__dict__)
+        new.cams = []
+        for cam, cont, c in zip(spec.cameras, continuum, self.cams):
+            cont = np.asarray(cont, dtype=np.float64)
+            if cam.ivar.shape != c.ivar.shape or not np.array_equal(_usable_ivar(cam.flux, cam.ivar, cont), c.ivar):
+                raise ValueError(f"with_data: camera {cam.name!r} has other pixels or ivar")
+            y = np.where(c.ivar > 0, cam.flux - cont, 0.0)
+            new.cams.append(_Camera(c.wave, c.edges, y, c.ivar, c.band, c.fwhm))
+        if self.nrows:
+            new.yw = self.sqrtw * new._gather([c.y for c in new.cams])
+        return new
+
+    def _gather(self, per_camera) -> np.ndarray:
+        """Values of per-camera pixel arrays on the fitted rows, ``(nrows,)``."""
+        return np.concatenate([np.asarray(a)[self.rows_pix[self.rows_cam == ci]] for ci, a in enumerate(per_camera)])
 
     def amplitude_design(self, theta) -> np.ndarray:
         """Weighted design matrix of the amplitudes at fixed kinematics and ratios,

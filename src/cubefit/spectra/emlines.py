@@ -123,7 +123,8 @@ class EmlineResult:
     ``VSHIFT``, ``VSHIFT_IVAR``, ``SIGMA``, ``SIGMA_IVAR``; ``models`` the line model on
     every pixel of every camera; ``line_models`` per camera ``(nlines_fitted, npix)``;
     ``theta``/``param_names``/``cov`` the fitted parameters, their names and formal
-    covariance; ``broad`` whether the broad Balmer component was kept.
+    covariance; ``broad`` whether the broad Balmer component was kept; ``model`` the
+    :class:`LineModel` that was fitted (reused by Monte-Carlo refits; not pickled).
     """
 
     status: int
@@ -143,6 +144,7 @@ class EmlineResult:
     param_names: tuple = ()
     cov: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
     nfev: int = 0
+    model: LineModel | None = field(default=None, repr=False)
 
     def to_row(self) -> dict:
         """One catalogue row: every key of :func:`emline_columns` for this line list."""
@@ -160,6 +162,11 @@ class EmlineResult:
                 v = vals.get(suffix, 0)
                 row[f"{line.column}_{suffix}"] = int(v) if dt.startswith("i") else float(v)
         return row
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["model"] = None
+        return state
 
     def params(self) -> dict:
         """``{parameter name: value}`` (for warm starts)."""
@@ -269,11 +276,18 @@ def build_result(spec: Spectrum, model: LineModel, theta, cov, continuum, lineli
         _group_quantities(model, theta, cov), rchi2=float(r @ r) / ndof, delta_chi2=delta_chi2,
         delta_ndof=delta_ndof, broad=broad, models=models, line_models=per_line,
         fitted=tuple(line.name for line in model.lines), theta=np.asarray(theta, dtype=float),
-        param_names=model.param_names, cov=cov, nfev=nfev)
+        param_names=model.param_names, cov=cov, nfev=nfev, model=model)
 
 
-def _fit(spec, continuum, ll, allow_absorption, min_pixels, params, linear_start):
-    model = LineModel(spec, continuum, ll, allow_absorption=allow_absorption, min_pixels=min_pixels)
+def _fit(spec, continuum, ll, allow_absorption, min_pixels, params, linear_start, reuse=None):
+    model = None
+    if reuse is not None:
+        try:
+            model = reuse.with_data(spec, continuum)
+        except ValueError:          # other pixels or ivar: build the model afresh
+            model = None
+    if model is None:
+        model = LineModel(spec, continuum, ll, allow_absorption=allow_absorption, min_pixels=min_pixels)
     if not model.lines or model.nrows == 0:
         return model, None, None
     theta, info = solve(model, _start(model, params), allow_absorption=allow_absorption,
@@ -296,7 +310,7 @@ def _broad_snr(model: LineModel, theta, cov) -> float:
 def fit_emlines(spec: Spectrum, continuum, *, linelist: LineList | None = None, broad: bool = True,
                 allow_absorption: bool = False, min_pixels: int = 3, broad_dchi2: float = 25.0,
                 broad_snr: float = 5.0, broad_min_sigma: float = 550.0, scale_errors: bool = False,
-                start: EmlineResult | None = None) -> EmlineResult:
+                start: EmlineResult | None = None, errors: bool = True) -> EmlineResult:
     """Fit the emission lines of ``spec`` on ``flux − continuum``.
 
     Parameters
@@ -311,7 +325,10 @@ def fit_emlines(spec: Spectrum, continuum, *, linelist: LineList | None = None, 
     broad_dchi2, broad_snr, broad_min_sigma : thresholds of the broad-line test.
     scale_errors : multiply the formal covariance by χ²/dof of the line fit.
     start : a previous result of the same target (Monte Carlo): its broad-line choice
-        is kept and its parameters are the starting point.
+        is kept, its parameters are the starting point and, when the cameras' pixels
+        and ivar are the same, its compiled model is reused.
+    errors : compute the formal covariance (``False`` in Monte-Carlo refits, whose
+        ``_IVAR`` values are not used, leaves them 0).
 
     Never raises for problems of the data: a result with ``status ≠ 0`` says what went
     wrong; ``ValueError`` only for inconsistent arguments (continuum shapes).
@@ -325,7 +342,8 @@ def fit_emlines(spec: Spectrum, continuum, *, linelist: LineList | None = None, 
     warm = start.params() if start is not None else None
 
     model_n, theta_n, info_n = _fit(spec, continuum, narrow_ll if not (start and start.broad) else ll,
-                                    allow_absorption, min_pixels, warm, linear_start=warm is None)
+                                    allow_absorption, min_pixels, warm, linear_start=warm is None,
+                                    reuse=start.model if start is not None else None)
     if theta_n is None:
         return _empty("no_lines", "no emission line of the list on unmasked pixels", ll, spec)
     if start is not None:
@@ -345,7 +363,7 @@ def fit_emlines(spec: Spectrum, continuum, *, linelist: LineList | None = None, 
                     model, theta, info, chosen = model_b, theta_b, info_b, True
     if not info.success and not np.all(np.isfinite(theta)):
         return _empty("fit_failed", f"least_squares: {info.message}", ll, spec)
-    cov = covariance(model, theta)
+    cov = covariance(model, theta) if errors else np.zeros((model.nparams, model.nparams))
     if scale_errors:
         r = model.residual(theta)
         cov = cov * float(r @ r) / max(model.nrows - model.nparams, 1)
