@@ -18,14 +18,6 @@ needs_desi = pytest.mark.skipif(not REDROCK.exists(), reason=f"real DESI files n
                                 "(the repository's ../shared/data/desi)")
 
 
-def _has_fitter() -> bool:
-    import cubefit.spectra
-    return hasattr(cubefit.spectra, "fit_continuum")
-
-
-needs_fitter = pytest.mark.skipif(not _has_fitter(), reason="the continuum fitter is not on this branch yet")
-
-
 def write_desi_pair(folder, n: int, *, name: str = "4-80613-fake", z=None, objtype=None, zwarn=None,
                     seed: int = 0, cameras=("B", "R", "Z"), crop: int | None = None, edit=None):
     """Write ``redrock-NAME.fits`` and ``coadd-NAME.fits`` with ``n`` targets in ``folder``.

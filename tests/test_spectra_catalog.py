@@ -2,21 +2,23 @@
 writes that never replace an existing file by accident."""
 import os
 
+import astropy.units as u
 import numpy as np
 import pytest
 from astropy.io import fits
 
-from cubefit.spectra.catalog import (METADATA_COLUMNS, check_output, failed_row, metadata_table,
-                                     models_table, read_catalog, specphot_table, write_catalog)
+from cubefit.spectra.catalog import (METADATA_COLUMNS, check_output, metadata_table, models_table,
+                                     read_catalog, specphot_table, write_catalog)
 from cubefit.spectra.io import InputError
 from conftest import file_digest
 
-# A stand-in for the fitter's column list (the real one is cubefit.spectra.CONTINUUM_COLUMNS).
+# A small stand-in for the fitter's column list (cubefit.spectra.continuum.continuum_columns).
 COLUMNS = (
     ("VDISP", "f4", "km/s", "Stellar velocity dispersion"),
     ("VDISP_IVAR", "f4", "s2/km2", "Inverse variance of VDISP"),
-    ("RCHI2_CONT", "f4", "", "Reduced chi2 of the continuum fit"),
-    ("COEFF", "f4", "", "Template weights"),
+    ("RCHI2_CONT", "f4", "", "Reduced χ² of the continuum fit"),
+    ("LOGAGE_LW", "f8", "dex", "Light-weighted ⟨log age⟩"),
+    ("COEFF", ("f4", (3,)), "", "Template weights"),
     ("STATUS", "i2", "", "0 = fitted"),
     ("MESSAGE", "U80", "", "Why a fit failed"),
 )
@@ -27,9 +29,10 @@ def _tables():
              "EBV": 0.05, "INPUT_FILE": "redrock-x.fits"},
             {"TARGETID": 12, "RA": 11.0, "DEC": -6.0, "Z": 0.2, "ZWARN": 4, "SPECTYPE": "QSO",
              "EBV": 0.02, "INPUT_FILE": "redrock-x.fits"}]
-    rows = [{"TARGETID": 11, "VDISP": 150.0, "VDISP_IVAR": 0.01, "RCHI2_CONT": 1.1,
+    rows = [{"TARGETID": 11, "VDISP": 150.0, "VDISP_IVAR": 0.01, "RCHI2_CONT": 1.1, "LOGAGE_LW": 9.5,
              "COEFF": np.arange(3.0), "STATUS": 0, "MESSAGE": ""},
-            failed_row(12, 101, "coadd-x.fits: TARGETID 12: every camera is fully masked")]
+            {"TARGETID": 12, "STATUS": 2,
+             "MESSAGE": "coadd-x.fits: TARGETID 12: every camera is fully masked"}]
     models = [{"b": (np.linspace(3600, 3700, 5), np.ones(5)), "r": (np.linspace(5800, 5900, 4), np.ones(4))},
               {}]
     return metadata_table(meta), specphot_table(rows, COLUMNS), models_table([11, 12], models)
@@ -48,9 +51,10 @@ def test_catalogue_round_trip_units_descriptions(tmp_path):
             assert table[name].description == desc
             assert (table[name].unit is None) == (unit == "")
     assert m["RA"].unit == "deg" and m["EBV"].unit == "mag" and s["VDISP"].unit == "km / s"
+    assert s["LOGAGE_LW"].unit == u.dex
     # blanks for what a reader did not know, failed rows blank but for STATUS/MESSAGE
     assert m["TILEID"][0] == -1 and np.isnan(m["DELTACHI2"][0]) and m["COADD_FILE"][0] == ""
-    assert list(s["STATUS"]) == [0, 101] and "fully masked" in s["MESSAGE"][1]
+    assert list(s["STATUS"]) == [0, 2] and "fully masked" in s["MESSAGE"][1]
     assert np.isnan(s["VDISP"][1]) and np.all(np.isnan(s["COEFF"][1])) and s["COEFF"].shape == (2, 3)
     np.testing.assert_array_equal(s["COEFF"][0], [0, 1, 2])
     assert s["VDISP"][0] == np.float32(150.0)
@@ -61,6 +65,8 @@ def test_catalogue_round_trip_units_descriptions(tmp_path):
     with fits.open(path) as h:
         assert h["SPECPHOT"].header.comments["TTYPE2"] == "Stellar velocity dispersion"
         assert h["METADATA"].header["TUNIT6"] == "deg"
+        assert h["SPECPHOT"].header.comments["TTYPE4"] == "Reduced chi2 of the continuum fit"
+        assert h["SPECPHOT"].header["TUNIT5"] == "dex"          # not a FITS unit, but written
 
 
 def test_variable_length_models(tmp_path):

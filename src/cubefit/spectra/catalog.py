@@ -7,9 +7,9 @@ HDUs
 ``METADATA`` who the target is (:data:`METADATA_COLUMNS`: TARGETID, RA, DEC, Z, ZWARN,
              SPECTYPE, DELTACHI2, EBV, SURVEY, PROGRAM, input file, ...).
 ``SPECPHOT`` the fit results, one column per entry of the fitter's column list
-             (``cubefit.spectra.CONTINUUM_COLUMNS``) plus TARGETID; a target that could
-             not be fitted has ``STATUS ≠ 0``, a ``MESSAGE`` saying why, and blank
-             (NaN / -1) values elsewhere.
+             (:func:`cubefit.spectra.continuum.continuum_columns`); a target that could
+             not be fitted has ``STATUS ≠ 0``, a ``MESSAGE`` saying
+             why, and blank (NaN) values elsewhere.
 ``MODELS``   optional: per camera ``X`` the columns ``WAVE_X`` (Å, observed frame,
              vacuum) and ``CONTINUUM_X`` (best-fit continuum on that camera's pixels, in
              the Milky-Way-corrected flux unit); NaN where the camera was not fitted.
@@ -30,7 +30,7 @@ import numpy as np
 
 from .io import InputError
 
-__all__ = ["METADATA_COLUMNS", "metadata_table", "failed_row", "specphot_table", "models_table",
+__all__ = ["METADATA_COLUMNS", "metadata_table", "specphot_table", "models_table",
            "write_catalog", "read_catalog", "check_output"]
 
 METADATA_COLUMNS: tuple[tuple[str, str, str, str], ...] = (
@@ -55,39 +55,36 @@ METADATA_COLUMNS: tuple[tuple[str, str, str, str], ...] = (
 
 
 def _blank(dtype: np.dtype):
-    kind = np.dtype(dtype).kind
+    kind = np.dtype(dtype).base.kind
     return np.nan if kind == "f" else ("" if kind in "US" else -1)
 
 
-def _column(name: str, values, dtype, unit: str, description: str):
+def _column(name: str, values: list, dtype, unit: str, description: str):
+    """One astropy Column of ``values`` as ``dtype`` (a subarray dtype such as
+    ``("f8", (150,))`` gives a vector column; strings, made ASCII, keep at least the
+    declared width)."""
     from astropy.table import Column
-    arr = np.asarray(values)
     dt = np.dtype(dtype)
-    if dt.kind in "US":
-        arr = np.asarray([str(v) for v in values], dtype="U")
-        if arr.size == 0:
-            arr = arr.astype(dt)
+    base = dt.base
+    if base.kind in "US":
+        texts = [_ascii(str(v)) for v in values]          # FITS strings are ASCII
+        width = max([base.itemsize // np.dtype("U1").itemsize] + [len(t) for t in texts])
+        arr = np.array(texts, dtype=f"U{width}")
     else:
-        arr = arr.astype(dt) if arr.size else np.zeros(0, dtype=dt)
+        arr = np.array(values, dtype=base) if values else np.zeros((0,) + dt.shape, dtype=base)
     return Column(arr, name=name, unit=unit or None, description=description)
 
 
 def _table(rows: Sequence[dict], columns: Iterable[tuple], name: str):
     from astropy.table import Table
     t = Table()
-    for col in columns:
-        cname, dtype, unit, desc = col
-        values = []
-        shape = None
+    for cname, dtype, unit, desc in columns:
+        shape = np.dtype(dtype).shape
         for r in rows:
-            v = r.get(cname, None)
-            if v is not None and np.ndim(v) > 0:
-                shape = np.shape(v)
-        for r in rows:
-            v = r.get(cname, None)
-            if v is None:
-                v = np.full(shape, _blank(dtype)) if shape else _blank(dtype)
-            values.append(v)
+            if r.get(cname) is not None and np.ndim(r[cname]) > 0:
+                shape = np.shape(r[cname])
+        blank = np.full(shape, _blank(dtype)) if shape else _blank(dtype)
+        values = [blank if r.get(cname) is None else r[cname] for r in rows]
         t[cname] = _column(cname, values, dtype, unit, desc)
     t.meta["EXTNAME"] = name
     return t
@@ -98,15 +95,10 @@ def metadata_table(meta: Sequence[dict]):
     return _table(meta, METADATA_COLUMNS, "METADATA")
 
 
-def failed_row(targetid: int, status: int, message: str) -> dict:
-    """A SPECPHOT row for a target that could not be fitted (the rest stays blank)."""
-    return {"TARGETID": int(targetid), "STATUS": int(status), "MESSAGE": str(message)}
-
-
 def specphot_table(rows: Sequence[dict], columns: Sequence[tuple]):
-    """The SPECPHOT table: ``rows`` (``to_row()`` dicts or :func:`failed_row`) in the
-    order of ``columns`` (the fitter's ``(name, dtype, unit, description)`` list), with
-    TARGETID first.  Keys absent from a row are blank (NaN, -1, '')."""
+    """The SPECPHOT table: ``rows`` (``ContinuumResult.to_row()`` dicts) in the order of
+    ``columns`` (the fitter's ``(name, dtype, unit, description)`` list), with TARGETID
+    first.  Keys absent from a row are blank (NaN, -1, '')."""
     cols = list(columns)
     if "TARGETID" not in [c[0] for c in cols]:
         cols.insert(0, ("TARGETID", "i8", "", "Unique target identifier (as in METADATA)"))
@@ -159,20 +151,38 @@ def check_output(path, overwrite: bool) -> Path:
     return p
 
 
+_ASCII = {"·": "*", "×": "x", "σ": "sigma", "χ": "chi", "λ": "lambda", "τ": "tau", "Å": "A", "²": "2",
+          "³": "3", "⁻": "-", "¹": "1", "–": "-", "—": "-", "≥": ">=", "≤": "<=", "≠": "!=", "±": "+/-",
+          "→": "->", "⊙": "sun", "☉": "sun", "Δ": "d"}
+
+
+def _ascii(text: str) -> str:
+    """``text`` in printable ASCII (FITS header comments allow nothing else)."""
+    import unicodedata
+    text = "".join(_ASCII.get(ch, ch) for ch in text)
+    return unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
+
+
 def _hdu(table):
     """A BinTable HDU as ``Table.write`` makes it (units natively, descriptions in
     astropy's serialised-columns block), with each description also as the comment of
-    its ``TTYPEn`` card, cut to what fits in the 80-character card."""
+    its ``TTYPEn`` card (ASCII, cut to fit the card) and units that FITS does not know
+    (``dex``) written as they are."""
     import io
+    import warnings
     from astropy.io import fits
     buf = io.BytesIO()
-    table.write(buf, format="fits")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*could not be saved in native FITS format")
+        table.write(buf, format="fits")
     buf.seek(0)
     hdu = fits.open(buf)[1]          # stays backed by `buf` (variable-length arrays need its heap)
     for i, col in enumerate(table.itercols(), start=1):
         if col.description:
             room = 80 - max(30, 12 + len(col.name)) - 3
-            hdu.header.comments[f"TTYPE{i}"] = col.description[:room]
+            hdu.header.comments[f"TTYPE{i}"] = _ascii(col.description)[:room]
+        if col.unit is not None and f"TUNIT{i}" not in hdu.header:
+            hdu.header.insert(f"TFORM{i}", (f"TUNIT{i}", col.unit.to_string()), after=True)
     return hdu
 
 
@@ -219,13 +229,21 @@ def write_catalog(path, metadata, specphot, models=None, header: dict | None = N
 
 def read_catalog(path) -> dict:
     """``{"METADATA": Table, "SPECPHOT": Table[, "MODELS": Table], "header": Header}``
-    (NaN stays NaN: blank values are not turned into masked entries)."""
+    (NaN stays NaN: blank values are not turned into masked entries; ``dex`` columns get
+    astropy's ``u.dex``)."""
+    import warnings
+    import astropy.units as u
     from astropy.io import fits
     from astropy.table import Table
     out = {}
-    with fits.open(path) as hdul:
+    with fits.open(path) as hdul, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="'dex' did not parse as fits unit")
         out["header"] = hdul[0].header.copy()
         for name in ("METADATA", "SPECPHOT", "MODELS"):
             if name in hdul:
-                out[name] = Table.read(hdul[name], mask_invalid=False)
+                t = Table.read(hdul[name], mask_invalid=False)
+                for col in t.itercols():
+                    if isinstance(col.unit, u.UnrecognizedUnit) and str(col.unit) == "dex":
+                        col.unit = u.dex
+                out[name] = t
     return out

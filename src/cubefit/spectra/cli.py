@@ -82,7 +82,7 @@ def run(args) -> int:
     given = {k: getattr(args, k) for k in ("degree", "mdegree") if getattr(args, k) is not None}
     options = None                      # the fitter's defaults
     if given:
-        from . import ContinuumOptions
+        from .continuum import ContinuumOptions
         options = ContinuumOptions(**given)
     written = run_fastspec(args.inputs, args.output, coadds=args.coadd, targetids=args.targetids,
                            input_redshifts=args.input_redshifts, ntargets=args.ntargets,

@@ -147,7 +147,8 @@ def select_desi(redrock, coadd=None, *, targetids=None, input_redshifts=None, nt
         yield from _read_targets(coadd, cameras, rows, meta, edge_pixels=edge_pixels,
                                  uncertainty_floor=uncertainty_floor, rv=rv)
 
-    return SelectedFile(path=redrock, kind="desi", meta=meta, header=header, reader=reader)
+    return SelectedFile(path=redrock, kind="desi", cameras=[c.lower() for c in cameras], meta=meta,
+                        header=header, reader=reader)
 
 
 def _read_targets(coadd, cameras, rows, meta, *, edge_pixels, uncertainty_floor, rv):
@@ -179,6 +180,7 @@ def _read_targets(coadd, cameras, rows, meta, *, edge_pixels, uncertainty_floor,
             elif not cams:
                 yield TargetProblem(tid, STATUS_NO_GOOD_PIXELS,
                                     f"{coadd}: TARGETID {tid}: every camera is fully masked (IVAR = 0 "
-                                    "or MASK ≠ 0 everywhere); nothing to fit")
+                                    "or MASK != 0 everywhere); nothing to fit")
             else:
-                yield finish_spectrum(cams, z=m["Z"], targetid=tid, ebv=m["EBV"], rv=rv)
+                yield finish_spectrum(cams, z=m["Z"], targetid=tid, ebv=m["EBV"], rv=rv,
+                                      meta={"file": str(coadd)})

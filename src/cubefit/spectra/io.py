@@ -3,7 +3,8 @@
 * :class:`InputError` — a problem with a whole input file (missing coadd, unknown
   TARGETID, unreadable layout): the run stops before any output is written.
 * :class:`TargetProblem` — a problem with one target (no usable pixel, corrupt
-  values): the target gets a catalogue row with this status and message.
+  values): the target gets a catalogue row with this status (the fitter's
+  :data:`cubefit.spectra.model.STATUS` codes) and message.
 * :class:`SelectedFile` — one input file after target selection (metadata rows,
   header facts), read target by target with :meth:`SelectedFile.spectra`.
 * :func:`clean_camera` — the per-camera clean-up every reader applies: drop a
@@ -26,13 +27,14 @@ import numpy as np
 
 from .data import Camera, Resolution, Spectrum, air_to_vacuum
 from .extinction import DEFAULT_RV, deredden_camera
+from .model import STATUS
 
 __all__ = ["InputError", "TargetProblem", "SelectedFile", "STATUS_NO_GOOD_PIXELS",
            "STATUS_BAD_VALUES", "clean_camera", "spectrum_from_arrays", "read_table", "header_dependency"]
 
-STATUS_NO_GOOD_PIXELS = 101
+STATUS_NO_GOOD_PIXELS = STATUS["no_pixels"]
 """Row status: every camera of the target is fully masked (no pixel with ivar > 0)."""
-STATUS_BAD_VALUES = 102
+STATUS_BAD_VALUES = STATUS["bad_input"]
 """Row status: the target's pixels hold NaN/inf flux or ivar, or a negative ivar."""
 
 
@@ -42,7 +44,7 @@ class InputError(ValueError):
 
 @dataclass
 class TargetProblem:
-    """A target that cannot be fitted, found while reading it (status ≥ 100)."""
+    """A target that cannot be fitted, found while reading it."""
 
     targetid: int
     status: int
@@ -54,7 +56,8 @@ class SelectedFile:
     """One input file after target selection.
 
     ``path`` : the file named by the user (Redrock file, SDSS ``spec-*.fits``, table);
-    ``kind`` : ``"desi"``, ``"sdss"`` or ``"table"``; ``meta`` : one
+    ``kind`` : ``"desi"``, ``"sdss"`` or ``"table"``; ``cameras`` : the camera names
+    its spectra can have (``b``, ``r``, ``z`` for DESI); ``meta`` : one
     :data:`cubefit.spectra.catalog.METADATA_COLUMNS` row (dict) per selected target, in
     fitting order; ``header`` : file-level facts for the catalogue's primary header
     (e.g. ``SPECPROD``); ``reader`` : called with the clean-up settings, yields one
@@ -63,6 +66,7 @@ class SelectedFile:
 
     path: Path
     kind: str
+    cameras: list[str]
     meta: list[dict]
     header: dict = field(default_factory=dict)
     reader: Callable[..., Iterator[Spectrum | TargetProblem]] | None = None
@@ -90,7 +94,7 @@ def bad_pixel_message(name: str, wave, flux, ivar) -> str | None:
         return None
     i = int(np.flatnonzero(bad)[0])
     return (f"camera {name}: {int(bad.sum())} pixel(s) with NaN/inf flux or ivar or negative ivar "
-            f"(first at {wave[i]:.2f} Å: flux={flux[i]!r}, ivar={ivar[i]!r})")
+            f"(first at {wave[i]:.2f} A: flux={flux[i]!r}, ivar={ivar[i]!r})")
 
 
 def clean_camera(name: str, wave, flux, ivar, mask=None, resolution: Resolution | None = None, *,
@@ -124,7 +128,8 @@ def clean_camera(name: str, wave, flux, ivar, mask=None, resolution: Resolution 
 
 def finish_spectrum(cameras: list[Camera], *, z: float, targetid: int, ebv: float,
                     rv: float = DEFAULT_RV, meta: dict | None = None) -> Spectrum:
-    """Correct the cameras for Milky-Way dust (``ebv`` mag) and wrap them as a Spectrum."""
+    """Correct the cameras for Milky-Way dust (``ebv`` mag) and wrap them as a Spectrum
+    (``meta["file"]``: the file it was read from, named in messages about the target)."""
     cams = [deredden_camera(c, ebv, rv) for c in cameras]
     return Spectrum(cameras=cams, z=float(z), targetid=int(targetid), air=False, ebv=float(ebv),
                     meta=dict(meta or {}))
@@ -245,11 +250,12 @@ def read_table(path, *, z: float | None = None, hdu=1, air: bool | None = None) 
                            uncertainty_floor=uncertainty_floor)
         if cam is None:
             yield TargetProblem(targetid, STATUS_NO_GOOD_PIXELS,
-                                f"{path}: target {targetid}: every pixel is masked (IVAR = 0 or MASK ≠ 0)")
+                                f"{path}: target {targetid}: every pixel is masked (IVAR = 0 or MASK != 0)")
             return
-        yield finish_spectrum([cam], z=z, targetid=targetid, ebv=meta["EBV"], rv=rv)
+        yield finish_spectrum([cam], z=z, targetid=targetid, ebv=meta["EBV"], rv=rv,
+                              meta={"file": str(path)})
 
-    return SelectedFile(path=path, kind="table", meta=[meta], header={}, reader=reader)
+    return SelectedFile(path=path, kind="table", cameras=["spec"], meta=[meta], header={}, reader=reader)
 
 
 def header_dependency(header, name: str, default: str = "") -> str:

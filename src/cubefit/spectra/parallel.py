@@ -17,6 +17,7 @@ Files (MPI)
 """
 from __future__ import annotations
 
+import math
 import multiprocessing
 import os
 from pathlib import Path
@@ -25,16 +26,12 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from ..parallel import start_without_main
-from .catalog import failed_row
 from .io import TargetProblem
 
-__all__ = ["STATUS_INTERNAL_ERROR", "load_templates", "init_worker", "fit_one", "fit_many",
+__all__ = ["load_templates", "init_worker", "fit_one", "fit_many",
            "weighted_partition", "mpi_world"]
 
-STATUS_INTERNAL_ERROR = 199
-"""Row status: the fitter raised an unexpected exception for this target (a bug: report it)."""
-
-_WORKER: dict = {}                     # per process: templates, options, models flag
+_WORKER: dict = {}                     # per process: templates, options, cameras, models flag
 
 
 def load_templates(spec: str = "emiles"):
@@ -42,9 +39,8 @@ def load_templates(spec: str = "emiles"):
     library, fetched once into the cache), a folder of MILES-style FITS SSPs, or a
     pPXF ``.npz`` SSP file (both taken to be in air, as MILES is)."""
     from ..templates import TemplateLibrary
-    from . import prepare_templates
+    from .templates_prep import prepare_templates, prepare_templates_cached
     if spec == "emiles":
-        from .templates_prep import prepare_templates_cached
         return prepare_templates_cached()
     p = Path(spec)
     if p.is_dir():
@@ -55,37 +51,50 @@ def load_templates(spec: str = "emiles"):
                      "pPXF .npz SSP file")
 
 
-def init_worker(templates: str, options, models: bool) -> None:
+def init_worker(templates: str, options, cameras: list[str], models: bool) -> None:
     """Pool initializer (also called once for a single-process run): prepare the
-    templates and keep the fit settings for :func:`fit_one`."""
+    templates and keep the fit settings for :func:`fit_one`; ``cameras`` are the
+    run's camera names (one SNR column each)."""
     _WORKER["templates"] = load_templates(templates)
     _WORKER["options"] = options
+    _WORKER["cameras"] = list(cameras)
     _WORKER["models"] = bool(models)
 
 
 def fit_one(item) -> tuple[dict, dict]:
     """Fit one target (a Spectrum or a TargetProblem) with this process's templates.
 
-    Returns ``(row, models)``: the SPECPHOT row (``to_row()`` of the fit, or a failed
-    row) and ``{camera: (wave, continuum)}`` (empty unless models were asked for or
-    when the fit failed).  Never raises for a target: an unexpected exception becomes
-    a row with :data:`STATUS_INTERNAL_ERROR`.
+    Returns ``(row, models)``: the SPECPHOT row (``ContinuumResult.to_row``; for a
+    TargetProblem a result carrying its status and message) and ``{camera: (wave,
+    continuum)}`` (empty unless models were asked for and the fit succeeded).  Never
+    raises for a target: an unexpected exception in the fitter becomes a row with
+    status ``fit_failed`` and a message asking for a report.
     """
     from threadpoolctl import threadpool_limits
-    from . import fit_continuum
+    from .continuum import ContinuumResult, fit_continuum
+    from .model import STATUS
+    cams = _WORKER["cameras"]
+    n_templates = _WORKER["templates"].P
+    def failed(status: int, message: str) -> tuple[dict, dict]:
+        row = ContinuumResult(targetid=item.targetid, z=math.nan, camera_names=[], n_templates=n_templates,
+                              status=status, message=message).to_row(cams)
+        row["MESSAGE"] = message       # in full: the catalogue column widens to fit
+        return row, {}
+
     if isinstance(item, TargetProblem):
-        return failed_row(item.targetid, item.status, item.message), {}
+        return failed(item.status, item.message)
+    where = f"{item.meta.get('file', 'input')}: TARGETID {item.targetid}: "
     try:
         with threadpool_limits(limits=1):
             result = fit_continuum(item, _WORKER["templates"], _WORKER["options"])
-        row = result.to_row()
+        row = result.to_row(cams)
     except Exception as exc:    # a bug in the fitter must not lose the other targets
-        return failed_row(item.targetid, STATUS_INTERNAL_ERROR,
-                          f"TARGETID {item.targetid}: internal error in the fit ({type(exc).__name__}: "
-                          f"{exc}); please report it with this target's spectrum"), {}
-    row.setdefault("TARGETID", int(item.targetid))
+        return failed(STATUS["fit_failed"], f"{where}internal error in the continuum fit "
+                                            f"({type(exc).__name__}: {exc}); please report it")
+    if result.status != 0:
+        row["MESSAGE"] = where + result.message
     models = {}
-    if _WORKER["models"] and row.get("STATUS", 0) == 0 and result.models is not None:
+    if _WORKER["models"] and result.status == 0:
         models = {c.name: (c.wave, np.asarray(m)) for c, m in zip(item.cameras, result.models)}
     return row, models
 
@@ -95,19 +104,20 @@ def _context():
     return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
 
 
-def fit_many(items: Iterable, n: int, *, templates: str, options, models: bool = False,
-             progress: bool = True, total: int | None = None) -> Iterator[tuple[dict, dict]]:
+def fit_many(items: Iterable, n: int, *, templates: str, options, cameras: list[str],
+             models: bool = False, progress: bool = True,
+             total: int | None = None) -> Iterator[tuple[dict, dict]]:
     """Fit ``items`` (Spectrum or TargetProblem, any iterable) with ``n`` processes and
     yield :func:`fit_one`'s results in the items' order, with a tqdm progress bar."""
     from tqdm.auto import tqdm
     bar = dict(total=total, disable=not progress, unit="target", desc="fastspec")
     if n <= 1:
-        init_worker(templates, options, models)
+        init_worker(templates, options, cameras, models)
         yield from tqdm(map(fit_one, items), **bar)
         return
     ctx = _context()
     pool = start_without_main(lambda: ctx.Pool(n, initializer=init_worker,
-                                                initargs=(templates, options, models)))
+                                                initargs=(templates, options, cameras, models)))
     try:
         yield from tqdm(pool.imap(fit_one, items), **bar)
     finally:

@@ -125,19 +125,23 @@ def fit_selected(files: Sequence[SelectedFile], config: FastspecConfig | None = 
                  *, progress: bool = True):
     """Fit every selected target of ``files``; return ``(METADATA, SPECPHOT, MODELS or
     None)`` astropy Tables, one row per target in file order."""
-    from . import CONTINUUM_COLUMNS
+    from .continuum import continuum_columns
     cfg = config or FastspecConfig()
     meta = [m for f in files for m in f.meta]
+    cameras = []
+    for f in files:
+        cameras += [c for c in f.cameras if c not in cameras]
     items = chain.from_iterable(f.spectra(edge_pixels=cfg.edge_pixels,
                                           uncertainty_floor=cfg.uncertainty_floor, rv=cfg.rv)
                                 for f in files)
     rows, models = [], []
     for row, model in fit_many(items, cfg.mp, templates=cfg.templates, options=options,
-                               models=cfg.models, progress=progress, total=len(meta)):
+                               cameras=cameras, models=cfg.models, progress=progress, total=len(meta)):
         rows.append(row)
         models.append(model)
     mt = models_table([m["TARGETID"] for m in meta], models) if cfg.models else None
-    return metadata_table(meta), specphot_table(rows, CONTINUUM_COLUMNS), mt
+    n_templates = len(rows[0]["CONTINUUM_COEFF"]) if rows else 0
+    return metadata_table(meta), specphot_table(rows, continuum_columns(n_templates, cameras)), mt
 
 
 def output_name(path) -> str:
@@ -223,7 +227,8 @@ def fit_desi(redrock, coadd=None, *, targetids=None, input_redshifts=None, ntarg
                           ntargets=ntargets, firsttarget=firsttarget, config=cfg)
     meta, spec, _ = fit_selected(files, cfg, options, progress=progress)
     spec.remove_column("TARGETID")
+    meta.meta.clear()
+    spec.meta.clear()
     table = hstack([meta, spec], join_type="exact")
-    table.meta.clear()
     table.meta.update({k: (v[0] if isinstance(v, tuple) else v) for k, v in _header(files, cfg, options).items()})
     return table

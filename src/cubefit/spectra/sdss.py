@@ -115,8 +115,8 @@ def read_sdss(path, *, z: float | None = None, ebv: float = 0.0) -> SelectedFile
         if cam is None:
             yield TargetProblem(targetid, STATUS_NO_GOOD_PIXELS,
                                 f"{path}: target {targetid}: every pixel is masked (ivar = 0 or "
-                                "and_mask ≠ 0); nothing to fit")
+                                "and_mask != 0); nothing to fit")
             return
-        yield finish_spectrum([cam], z=z, targetid=targetid, ebv=ebv, rv=rv)
+        yield finish_spectrum([cam], z=z, targetid=targetid, ebv=ebv, rv=rv, meta={"file": str(path)})
 
-    return SelectedFile(path=path, kind="sdss", meta=[meta], header={}, reader=reader)
+    return SelectedFile(path=path, kind="sdss", cameras=["sdss"], meta=[meta], header={}, reader=reader)
