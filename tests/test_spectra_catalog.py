@@ -108,3 +108,16 @@ def test_identical_inputs_give_identical_bytes(tmp_path):
     a = write_catalog(tmp_path / "a.fits", meta, spec, models)
     b = write_catalog(tmp_path / "b.fits", *_tables())
     assert file_digest(a) == file_digest(b)
+
+
+def test_docs_list_every_column_with_its_unit():
+    """docs/spectra.md has a row `| `NAME` | unit | ...` for every METADATA column and
+    every column of the fitter's list (SNR_<CAMERA> documented once)."""
+    from pathlib import Path
+    from cubefit.spectra.continuum import continuum_columns
+    text = (Path(__file__).resolve().parents[1] / "docs" / "spectra.md").read_text()
+    for name, _, unit, _ in METADATA_COLUMNS + tuple(continuum_columns(150, ("b", "r", "z"))):
+        if name.startswith("SNR_"):
+            assert f"`{name}`" in text, name
+        else:
+            assert f"| `{name}` | {unit or '—'} |" in text, name
