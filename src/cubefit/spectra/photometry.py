@@ -59,7 +59,7 @@ from .filters import BANDS, OPTICAL_BANDS, filter_curve, filter_names, mag_to_na
 
 __all__ = ["Photometry", "DEFAULT_FLOORS", "mw_coefficient", "mw_band_transmission", "apply_floor",
            "photometry_from_fibermap", "read_fibermap_photometry", "read_catalog_photometry",
-           "load_mapping", "FIBERMAP_PHOT_COLUMNS"]
+           "load_mapping", "FIBERMAP_PHOT_COLUMNS", "merge_cameras", "spectrum_synth_flux"]
 
 DEFAULT_FLOORS = {"G": 0.02, "R": 0.02, "Z": 0.02, "W1": 0.05, "W2": 0.05, "W3": 0.05, "W4": 0.05}
 """Error floors (mag) added in quadrature for fitting (module docstring)."""
@@ -348,3 +348,37 @@ def read_catalog_photometry(path, mapping, targetids=None, *, hdu=1, rv: float =
             ivar_stat=ivs, mw_transmission=t_mw[good], photsys="", ebv=ebv,
             dropped={b["name"]: "ivar = 0 or non-finite" for b, g in zip(m["bands"], good) if not g})
     return out
+
+
+# --------------------------------------------------------------------------- spectra
+def merge_cameras(cameras) -> tuple[np.ndarray, np.ndarray]:
+    """One spectrum ``(wave, flux)`` on the union of the cameras' wavelengths: each camera's
+    good pixels (ivar > 0) linearly interpolated, inverse-variance-weighted where cameras
+    overlap, and masked stretches bridged by linear interpolation.  For synthetic
+    photometry only (no resolution or noise bookkeeping)."""
+    waves = [np.asarray(c.wave, dtype=np.float64) for c in cameras]
+    grid = np.unique(np.concatenate(waves))
+    num, den = np.zeros_like(grid), np.zeros_like(grid)
+    for c, w in zip(cameras, waves):
+        good = np.asarray(c.ivar) > 0
+        if good.sum() < 2:
+            continue
+        inside = (grid >= w[good][0]) & (grid <= w[good][-1])
+        f = np.interp(grid[inside], w[good], np.asarray(c.flux)[good])
+        iv = np.interp(grid[inside], w[good], np.asarray(c.ivar)[good])
+        num[inside] += iv * f
+        den[inside] += iv
+    ok = den > 0
+    if ok.sum() < 2:
+        raise ValueError("merge_cameras: fewer than two usable pixels over all cameras")
+    return grid, np.interp(grid, grid[ok], num[ok] / den[ok])
+
+
+def spectrum_synth_flux(spectrum, filters, *, flux_unit: float = 1e-17) -> np.ndarray:
+    """Nanomaggies synthesised from a :class:`~cubefit.spectra.data.Spectrum` (observed frame,
+    already Milky-Way corrected) through speclite ``filters``, the merged spectrum padded
+    with its edge values where a filter reaches beyond it (DESI's 9824 Å against z bands
+    reaching 10 300 Å), as FastSpecFit does."""
+    from .filters import synth_nanomaggies
+    wave, flux = merge_cameras(spectrum.cameras)
+    return synth_nanomaggies(wave, flux, list(filters), flux_unit=flux_unit, pad=True)
