@@ -1,6 +1,8 @@
 """`cubefit fastspec` / `fastspec`: the real DESI galaxy end to end, and bad input:
 file-level problems stop with exit code 1 before anything is written, target-level
 problems become rows with a status and a message."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 from astropy.io import fits
@@ -23,11 +25,13 @@ def _run(capsys, *args):
 @pytest.mark.network
 def test_real_desi_galaxy(tmp_path, capsys):
     """TARGETID 39633345008634465 (z = 0.3687): fitted, χ²/dof in [0.8, 1.5], σ with a
-    finite error, a catalogue astropy opens with units."""
+    finite error, a catalogue astropy opens with units.  pPXF's SDSS spectrum of NGC 3522
+    rides along in the same catalogue: its σ within 15 % of the SDSS pipeline's VDISP."""
+    sdss = Path(pytest.importorskip("ppxf").__file__).parent / "spectra" / "NGC3522_SDSS_DR18.fits"
     out = tmp_path / "fastspec.fits"
-    code, stdout, err = _run(capsys, REDROCK, "-o", out, "--models")
+    code, stdout, err = _run(capsys, REDROCK, sdss, "-o", out, "--models")
     assert code == 0, err
-    assert f"{out}: 1 target(s)" in stdout
+    assert f"{out}: 2 target(s)" in stdout
     meta = Table.read(out, hdu="METADATA")
     spec = Table.read(out, hdu="SPECPHOT")
     assert meta["TARGETID"][0] == TARGETID == spec["TARGETID"][0]
@@ -42,9 +46,14 @@ def test_real_desi_galaxy(tmp_path, capsys):
     for name in spec.colnames:
         assert spec[name].description, name
     with fits.open(out) as h:
-        assert h[0].header["SPECPROD"] == "iron"
         models = h["MODELS"].data
-        assert models["CONTINUUM_B"].shape == (1, 2751) and np.isfinite(models["CONTINUUM_R"]).all()
+        assert models["CONTINUUM_B"].shape == (2, 2751) and np.isfinite(models["CONTINUUM_R"][0]).all()
+        assert np.isnan(models["CONTINUUM_B"][1]).all()                 # the SDSS target has no b
+        assert models["CONTINUUM_SDSS"].shape == (2, 3815) and np.isnan(models["CONTINUUM_SDSS"][0]).all()
+        sdss_vdisp = float(h["SPECPHOT"].data["VDISP"][1])
+        with fits.open(sdss) as s:
+            ref = float(s["SPECOBJ"].data["VDISP"][0])
+    assert spec["STATUS"][1] == 0 and sdss_vdisp == pytest.approx(ref, rel=0.15)
 
 
 def test_help_of_both_commands(capsys):
