@@ -12,7 +12,7 @@ from cubefit.cli import main as cubefit_main
 from cubefit.spectra.cli import main as fastspec_main
 from cubefit.spectra.model import STATUS
 from conftest import file_digest
-from spectra_fakes import COADD, REDROCK, TARGETID, Z_TRUE, needs_desi, write_desi_pair
+from spectra_fakes import REDROCK, TARGETID, Z_TRUE, needs_desi, write_desi_pair
 
 
 def _run(capsys, *args):
