@@ -206,11 +206,11 @@ def phot_columns(bands=("G", "R", "Z", "W1", "W2", "W3", "W4")) -> tuple:
         cols += [
             (absmag_name(label, shift), "f8", "mag", f"Absolute AB magnitude in {label} shifted to "
              f"z={shift:g}, from the nearest observed band"),
-            (absmag_name(label, shift, "IVAR"), "f8", "1/mag2", "Inverse variance of the absolute "
+            (absmag_name(label, shift, "IVAR"), "f8", "mag-2", "Inverse variance of the absolute "
              "magnitude (0: synthesised from the model)"),
             (absmag_name(label, shift, "SYNTH"), "f8", "mag", f"Absolute AB magnitude in {label} "
              f"shifted to z={shift:g}, synthesised from the model"),
-            (absmag_name(label, shift, "SYNTH_IVAR"), "f8", "1/mag2", "Inverse variance of the "
+            (absmag_name(label, shift, "SYNTH_IVAR"), "f8", "mag-2", "Inverse variance of the "
              "synthesised absolute magnitude (Monte Carlo; 0 when not run)"),
             (absmag_name(label, shift, "KCORR"), "f8", "mag", f"K-correction used for {label} "
              f"shifted to z={shift:g}"),
