@@ -18,7 +18,10 @@ unmasked pixels, the fit is done twice: narrow lines only, then narrow + broad
    ``≥ broad_snr`` (default 5);
 3. the broad dispersion is ``≥ broad_min_sigma`` (default 550 km/s, i.e. FWHM
    ≳ 1300 km/s, above the group's lower bound of 500 km/s so that a broad component
-   pinned at its bound — a narrow line with wings — is refused).
+   pinned at its bound — a narrow line with wings — is refused);
+4. neither the broad velocity shift nor the broad dispersion sits at (within 1 % of)
+   its upper bound: a component pushed to ``|v| = vshift_max`` or ``σ = sigma_max`` is
+   soaking up a continuum mismatch, not fitting a line (seen on real DESI galaxies).
 
 ``DELTA_LINECHI2`` and ``DELTA_LINENDOF`` record the test.
 
@@ -357,9 +360,12 @@ def fit_emlines(spec: Spectrum, continuum, *, linelist: LineList | None = None, 
                 dchi2 = chi2_full(model_n, theta_n) - chi2_full(model_b, theta_b)
                 dndof = model_b.nparams - model_n.nparams
                 cov_b = covariance(model_b, theta_b)
-                sig_b = max((theta_b[model_b.s_of[g]] for g in model_b.groups if ll.groups[g].broad), default=0.0)
+                bgroups = [g for g in model_b.groups if ll.groups[g].broad]
+                sig_b = max((theta_b[model_b.s_of[g]] for g in bgroups), default=0.0)
+                inside = all(abs(theta_b[model_b.v_of[g]]) < 0.99 * ll.groups[g].vshift_max
+                             and theta_b[model_b.s_of[g]] < 0.99 * ll.groups[g].sigma_max for g in bgroups)
                 if (dchi2 >= broad_dchi2 and _broad_snr(model_b, theta_b, cov_b) >= broad_snr
-                        and sig_b >= broad_min_sigma):
+                        and sig_b >= broad_min_sigma and inside):
                     model, theta, info, chosen = model_b, theta_b, info_b, True
     if not info.success and not np.all(np.isfinite(theta)):
         return _empty("fit_failed", f"least_squares: {info.message}", ll, spec)
