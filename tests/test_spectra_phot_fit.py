@@ -202,6 +202,24 @@ def test_stack_design_matches_bounded_least_squares_on_the_whole_chi2():
 
 
 @pytest.mark.network
+def test_spectral_weight_rows_give_the_synthetic_photometry_of_the_spectral_model(ssp):
+    from cubefit.spectra.filters import synth_nanomaggies
+    from cubefit.spectra.sed import spectral_weight_rows
+    z, tau = 0.37, 0.4
+    names = filter_names("N", ("G", "R", "Z", "W1", "W2"))
+    dl = luminosity_distance_cm(z)
+    scale = np.full(ssp.P, 0.37)                        # a spectral fit's template normalisation
+    rows, valid, usable = spectral_weight_rows(ssp, z, names, dl, tau, scale)
+    assert valid.all() and usable.sum() == 124          # E-MILES' young metal-poor SSPs stop at 8950 Å
+    w = np.zeros(ssp.P)
+    w[np.flatnonzero(usable)[[3, 60, 100]]] = [2.0, 5.0, 9.0]
+    # The spectral model in 1e-17 erg/s/cm²/Å at the observed wavelengths, synthesised directly.
+    model = (w @ (ssp.flux / scale[:, None])) * np.exp(-tau * ssp.kdust)
+    ref = synth_nanomaggies(ssp.lam * (1 + z), model, names)
+    np.testing.assert_allclose(rows @ w, ref, rtol=1e-3)
+
+
+@pytest.mark.network
 def test_noiseless_mock_is_recovered_exactly(bins):
     # Seven bands for five templates and τ_V: the optimum is unique (with five bands and
     # five templates a range of τ_V fits exactly).

@@ -52,7 +52,7 @@ from .filters import band_matrix, band_support
 from .photometry import Photometry
 
 __all__ = ["SEDTemplates", "sed_templates", "calzetti_k", "PhotDesign", "SEDFit", "fit_photometry",
-           "stack_design", "L_SUN_ERG_S", "MPC_CM", "DEFAULT_TAU_MAX", "TAU_STEP", "DEFAULT_AGE_EDGES"]
+           "stack_design", "spectral_weight_rows", "L_SUN_ERG_S", "MPC_CM", "DEFAULT_TAU_MAX", "TAU_STEP", "DEFAULT_AGE_EDGES"]
 
 L_SUN_ERG_S = 3.828e33
 """Nominal solar luminosity (IAU 2015 B3), erg/s."""
@@ -385,6 +385,30 @@ def fit_photometry(phot: Photometry, z: float, sed: SEDTemplates, dl_cm: float, 
     return SEDFit(z=z, dl_cm=dl_cm, weights=weights, tau_v=tau, chi2=chi2, n_fit=int(fit_mask.sum()),
                   model_flux=model, fitted=fit_mask, dropped=dropped, templates=design.templates,
                   monte_weights=mw, monte_tau=mt)
+
+
+def spectral_weight_rows(sed: SEDTemplates, z: float, filters, dl_cm: float, tau_v: float, scale,
+                         flux_unit: float = 1e-17) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Photometric rows for the weights of a *spectral* fit (the joint fit's lower block).
+
+    A spectral fit's weight ``w_p`` multiplies template ``p`` divided by ``scale[p]``
+    (the factor the continuum fitter divided the library's flux by) to give the observed
+    flux density in ``flux_unit`` erg s⁻¹ cm⁻² Å⁻¹ at rest wavelength × (1+z).  Returns
+    ``(rows (n_valid, P), valid (n_band,), usable (P,))``: ``rows @ w`` are the model's
+    nanomaggies in the valid bands (attenuated by ``tau_v``); ``usable`` marks templates
+    that cover those bands (the others' rows are zero and they should be left out of a
+    joint fit, or the red bands dropped).  ``sed`` must hold the same templates in the
+    same order as the spectral fit (E-MILES: ``sed_templates('ssp')``).
+    """
+    scale = np.broadcast_to(np.asarray(scale, dtype=np.float64), (sed.P,))
+    d = PhotDesign(sed, z, filters, dl_cm)
+    per_mass = d.matrix(tau_v)                                  # nmgy per initial M_sun
+    mass_per_w = flux_unit * 4 * math.pi * dl_cm**2 * (1.0 + z) / (L_SUN_ERG_S * scale[d.templates])
+    rows = np.zeros((d.n_valid, sed.P))
+    rows[:, d.templates] = per_mass * mass_per_w
+    usable = np.zeros(sed.P, dtype=bool)
+    usable[d.templates] = True
+    return rows, d.valid, usable
 
 
 def stack_design(spec_design, spec_data, phot_design, phot_flux, phot_ivar, *,
