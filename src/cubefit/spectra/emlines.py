@@ -243,7 +243,9 @@ def _line_quantities(spec: Spectrum, model: LineModel, theta, cov, continuum, mo
             box_var += float(np.sum(dl ** 2 / c.ivar[good]))
             chi2 += float(np.sum(c.ivar[good] * (c.y[good] - models[cj][good]) ** 2))
             npix += int(np.count_nonzero(good))
-        cont = float(np.mean(np.concatenate(cont_vals)))
+        cv = np.concatenate(cont_vals)
+        cv = cv[np.isfinite(cv)]                    # a continuum may be NaN outside its templates
+        cont = float(np.mean(cv)) if cv.size else 0.0
         scale = cont * (1.0 + z)
         ew = F[k] / scale if cont > 0 else 0.0
         out[line.name] = {
