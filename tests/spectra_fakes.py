@@ -18,6 +18,20 @@ needs_desi = pytest.mark.skipif(not REDROCK.exists(), reason=f"real DESI files n
                                 "(the repository's ../shared/data/desi)")
 
 
+def small_templates(folder, n: int = 4) -> Path:
+    """A folder with links to ``n`` E-MILES SSPs of solar [M/H] spread in age (fetched
+    into the cache on first use): enough for fits whose equality across runs is tested,
+    and quick to prepare in every worker."""
+    from cubefit.templates import fetch_emiles
+    src = Path(fetch_emiles())
+    names = sorted(src.glob("Eun1.30Zp0.00T*_iPp0.00_baseFe_linear_FWHM_variable.fits"))
+    folder = Path(folder)
+    folder.mkdir(exist_ok=True)
+    for f in names[:: max(1, len(names) // n)][:n]:
+        (folder / f.name).symlink_to(f)
+    return folder
+
+
 def write_desi_pair(folder, n: int, *, name: str = "4-80613-fake", z=None, objtype=None, zwarn=None,
                     seed: int = 0, cameras=("B", "R", "Z"), crop: int | None = None, edit=None):
     """Write ``redrock-NAME.fits`` and ``coadd-NAME.fits`` with ``n`` targets in ``folder``.

@@ -13,7 +13,7 @@ import pytest
 
 from cubefit.spectra.parallel import weighted_partition
 from conftest import file_digest
-from spectra_fakes import needs_desi, write_desi_pair
+from spectra_fakes import needs_desi, small_templates, write_desi_pair
 
 BIN = Path(sys.executable).parent
 
@@ -44,10 +44,11 @@ def test_weighted_partition_within_lpt_bound_of_brute_force():
 @pytest.mark.network
 def test_mp1_and_mp2_catalogues_identical(tmp_path):
     rr, _, _ = write_desi_pair(tmp_path, 3, seed=4)
+    tpl = small_templates(tmp_path / "tpl")
     out = {}
     for mp in (1, 2):
         out[mp] = tmp_path / f"mp{mp}.fits"
-        r = _cli(rr, "-o", out[mp], "--mp", mp, "--models")
+        r = _cli(rr, "-o", out[mp], "--mp", mp, "--models", "--templates", tpl)
         assert r.returncode == 0, r.stderr
         assert f"{out[mp]}: 3 target(s)" in r.stdout
     assert file_digest(out[1]) == file_digest(out[2])
@@ -59,12 +60,13 @@ def test_plain_script_with_workers_runs_once(tmp_path):
     """A script without a main guard calling fit_desi(mp=2): its top level runs once
     (the workers never import it), and the table equals the single-process one."""
     rr, _, _ = write_desi_pair(tmp_path, 2, seed=5)
+    tpl = small_templates(tmp_path / "tpl")
     script = tmp_path / "plain.py"
     script.write_text(textwrap.dedent(f"""\
         import numpy as np
         from cubefit.spectra import fit_desi
         print("top level ran")
-        t = fit_desi({str(rr)!r}, mp=2)
+        t = fit_desi({str(rr)!r}, mp=2, templates={str(tpl)!r})
         t.write({str(tmp_path / 'mp2.fits')!r})
         print("rows", len(t))
         """))
@@ -74,7 +76,7 @@ def test_plain_script_with_workers_runs_once(tmp_path):
     assert r.stdout.count("top level ran") == 1 and "rows 2" in r.stdout
     from astropy.table import Table
     from cubefit.spectra import fit_desi
-    one = fit_desi(rr, mp=1)
+    one = fit_desi(rr, mp=1, templates=str(tpl))
     two = Table.read(tmp_path / "mp2.fits", mask_invalid=False, character_as_bytes=False)
     for name in one.colnames:
         np.testing.assert_array_equal(np.asarray(one[name]), np.asarray(two[name]), err_msg=name)
@@ -88,10 +90,11 @@ def test_mpi_one_and_two_ranks_write_identical_catalogues(tmp_path):
         pytest.skip("no mpiexec: the test extra installs mpich (pip install -e '.[test]')")
     pytest.importorskip("mpi4py", reason="the test extra installs mpi4py")
     inputs = [write_desi_pair(tmp_path, n, name=f"4-1-{k}", seed=k)[0] for k, n in enumerate((2, 1, 1))]
+    tpl = small_templates(tmp_path / "tpl")
     digests = {}
     for k in (1, 2):
         out = tmp_path / f"k{k}"
-        r = _cli(*inputs, "-o", out, launcher=(str(mpiexec), "-n", str(k)))
+        r = _cli(*inputs, "-o", out, "--templates", tpl, launcher=(str(mpiexec), "-n", str(k)))
         assert r.returncode == 0, r.stdout + r.stderr
         names = sorted(os.listdir(out))
         assert names == [f"fastspec-4-1-{i}.fits" for i in range(3)]
