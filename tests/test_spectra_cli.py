@@ -112,9 +112,10 @@ def test_target_level_problems_become_rows(tmp_path, capsys):
     z = [Z_TRUE, Z_TRUE, Z_TRUE, Z_TRUE, 12.0]
     rr, _, tids = write_desi_pair(tmp_path, 5, z=z, edit=edit)
     out = tmp_path / "out.fits"
-    code, stdout, err = _run(capsys, rr, "-o", out)
+    code, stdout, err = _run(capsys, rr, "-o", out, "--degree", "1")
     assert code == 0, err
     assert "4 could not be fitted" in stdout
+    assert "degree=1" in fits.getheader(out)["CONTOPT"]
     spec = Table.read(out, hdu="SPECPHOT", mask_invalid=False)
     assert list(spec["TARGETID"]) == list(tids)
     status = list(spec["STATUS"])
@@ -125,5 +126,5 @@ def test_target_level_problems_become_rows(tmp_path, capsys):
     assert status[3] == STATUS["bad_input"] and "camera z" in message[3] and "negative ivar" in message[3]
     assert status[4] == STATUS["out_of_range"] and "redshift" in message[4].lower()
     for k in range(1, 5):
-        assert str(tids[k]) in message[k], message[k]
+        assert str(tids[k]) in message[k] and "coadd-4-80613-fake.fits" in message[k], message[k]
         assert np.isnan(spec["VDISP"][k])
