@@ -65,7 +65,8 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--degree", type=int, default=None,
                    help="degree of the additive Legendre polynomial (-1: none; default: the fitter's)")
     p.add_argument("--mdegree", type=int, default=None,
-                   help="degree of the multiplicative Legendre polynomial (0: none; default: the fitter's)")
+                   help="degree of the multiplicative Legendre polynomial (0: none; default: the "
+                        "fitter's, one degree per 1000 A of rest-frame range)")
     p.add_argument("--models", action="store_true", help="also write the best-fit continuum (MODELS HDU)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output catalogue(s)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
