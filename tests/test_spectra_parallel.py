@@ -100,3 +100,19 @@ def test_mpi_one_and_two_ranks_write_identical_catalogues(tmp_path):
         assert names == [f"fastspec-4-1-{i}.fits" for i in range(3)]
         digests[k] = [file_digest(out / n) for n in names]
     assert digests[1] == digests[2]
+
+
+@needs_desi
+def test_mpi_bad_input_stops_every_rank_before_writing(tmp_path):
+    mpiexec = BIN / "mpiexec" if (BIN / "mpiexec").exists() else shutil.which("mpiexec")
+    if mpiexec is None:
+        pytest.skip("no mpiexec: the test extra installs mpich (pip install -e '.[test]')")
+    pytest.importorskip("mpi4py", reason="the test extra installs mpi4py")
+    good, _, _ = write_desi_pair(tmp_path, 1, name="good", crop=40)
+    lonely = tmp_path / "redrock-lonely.fits"
+    lonely.write_bytes(good.read_bytes())                    # its coadd does not exist
+    out = tmp_path / "out"
+    r = _cli(good, lonely, "-o", out, launcher=(str(mpiexec), "-n", "2"))
+    assert r.returncode == 1
+    assert r.stderr.count("coadd-lonely.fits: coadd not found") == 1     # rank 0 says why, once
+    assert not out.exists()

@@ -163,7 +163,8 @@ def run_fastspec(inputs, output, *, coadds=None, targetids=None, input_redshifts
     Run normally, ``output`` is the one catalogue of the run.  Started by an MPI
     launcher, ``output`` is a folder (created) and each rank writes
     ``fastspec-<input>.fits`` for its share of the input files.  Any problem with the
-    inputs or outputs raises :class:`InputError` before anything is written.
+    inputs or outputs raises :class:`InputError` before anything is written (under MPI
+    on rank 0; the other ranks exit with status 1 without a message).
     """
     cfg = config or FastspecConfig()
     kw = dict(targetids=targetids, input_redshifts=input_redshifts, ntargets=ntargets,
@@ -191,8 +192,11 @@ def run_fastspec(inputs, output, *, coadds=None, targetids=None, input_redshifts
                 check_output(outdir / name, overwrite)
     except InputError as exc:
         error = exc
-    if comm.allreduce(int(error is not None)):     # every rank stops if any rank found a problem
-        raise error or InputError("another MPI rank found a problem with the inputs (see its message)")
+    problems = [e for e in comm.allgather(None if error is None else str(error)) if e is not None]
+    if problems:                # every rank stops; rank 0 says why, the others leave quietly
+        if comm.rank == 0:
+            raise InputError(problems[0])
+        raise SystemExit(1)
     if comm.rank == 0:
         outdir.mkdir(parents=True, exist_ok=True)
     comm.Barrier()
