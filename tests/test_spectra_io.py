@@ -193,6 +193,10 @@ def test_table_input_air_and_header(tmp_path):
     Table({"LAMBDA": wave_air, "FLUX": np.ones(500)}).write(path, overwrite=True)
     with pytest.raises(InputError, match="no inverse-variance column.*LAMBDA, FLUX"):
         read_table(path, z=0.1)
+    text = tmp_path / "notes.txt"
+    text.write_text("not a spectrum")
+    with pytest.raises(InputError, match="notes.txt: not a FITS file.*WAVELENGTH, FLUX, IVAR"):
+        read_table(text, z=0.1)
 
 
 def test_spectrum_from_arrays_checks():

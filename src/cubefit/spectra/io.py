@@ -207,7 +207,12 @@ def read_table(path, *, z: float | None = None, hdu=1, air: bool | None = None) 
     """
     from astropy.io import fits
     path = Path(path)
-    with fits.open(path) as hdul:
+    try:
+        hdul = fits.open(path)
+    except OSError as exc:
+        raise InputError(f"{path}: not a FITS file ({exc}); give DESI Redrock files, SDSS spec-*.fits "
+                         "files or FITS tables with WAVELENGTH, FLUX, IVAR columns") from None
+    with hdul:
         try:
             tab = hdul[hdu]
         except (KeyError, IndexError):
