@@ -25,6 +25,7 @@ def test_apply_matches_dense_desi_convention(rng):
     models = rng.normal(size=(3, n))
     np.testing.assert_allclose(res.apply(models), models @ dense.T, rtol=1e-13, atol=1e-13)
     np.testing.assert_allclose(res.dense(), dense, rtol=0, atol=0)
+    np.testing.assert_allclose(res.sparse().toarray(), dense, rtol=0, atol=0)
     # the upper diagonal (offset +5) sits in band row 0, indexed by column
     assert dense[0, 5] == band[0, 5] and dense[5, 0] == band[10, 0]
 

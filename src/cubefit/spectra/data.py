@@ -164,6 +164,14 @@ class Resolution:
                 out[..., -off:] += self.matrix[d, :n + off] * m[..., :n + off]
         return out
 
+    def sparse(self):
+        """The matrix as a ``scipy.sparse`` CSR array ``(npix, npix)`` (matrix kind)."""
+        import scipy.sparse
+        if self.matrix is None:
+            raise ValueError("Resolution.sparse needs a resolution matrix; call .to_matrix(wave) first")
+        n = self.npix
+        return scipy.sparse.dia_array((self.matrix, self.offsets), shape=(n, n)).tocsr()
+
     def dense(self) -> np.ndarray:
         """The full ``(npix, npix)`` matrix (matrix kind; for tests and small cases)."""
         return self.apply(np.eye(self.npix)).T

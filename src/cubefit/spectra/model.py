@@ -110,8 +110,8 @@ class _Camera:
     m1: int
     ratio: int                # > 0: aligned sum binning of `ratio` model pixels, start `start`
     start: int
-    rebin: object             # sparse (npix, m1 - m0) when ratio == 0
-    resolution: object        # Resolution (matrix kind) or None
+    rebin: object             # sparse (npix, m1 - m0) when ratio == 0: binning, then resolution
+    rebin_good: object        # its fitted rows
     blocks: list
     x: np.ndarray             # (npix,) Legendre coordinate
     kdust: np.ndarray         # (npix,) A_λ/A_V, Calzetti (2000)
@@ -223,19 +223,24 @@ class TargetModel:
                                     f"{math.exp(pt.ln_lam[-1]):.0f} Å, less a {kc * pt.velscale:.0f} km/s "
                                     "margin); check the redshift or widen the templates' lam_range")
             good = (cam.ivar > 0) & valid & ~line_mask(wave, self.z, half_width)
-            if ratio:
-                start, rebin = int(round(pos[0])) - m0, None
-            else:
-                start = 0
-                grid_c = pt.ln_lam[0] + (np.arange(m0, m1) + self.delta) * dlog
-                rebin = rebin_matrix(grid_c, ln).tocsr()
             res = cam.resolution
+            matrix = res is not None and res.kind == "matrix"
+            start, rebin = (int(round(pos[0])) - m0, None) if ratio else (0, None)
+            if matrix or not ratio:
+                # One sparse operator per camera: exact-overlap binning, then the resolution
+                # matrix (applied to the fitted rows only while fitting).
+                grid_c = pt.ln_lam[0] + (np.arange(m0, m1) + self.delta) * dlog
+                rebin = rebin_matrix(grid_c, ln)
+                if matrix:
+                    rebin = res.sparse() @ rebin
+                rebin = rebin.tocsr()
+                ratio = 0
             sw = np.sqrt(np.where(good, cam.ivar, 0.0))
             blocks, finer = self._blocks(m0, m1, res, good, centres)
             kd = calzetti00(np.exp(ln).astype(np.float64), 1.0, 4.05)
             cams.append(_Camera(name=cam.name, npix=wave.size, good=good, y=(cam.flux * sw)[good],
                                 sw=sw, m0=m0, m1=m1, ratio=ratio, start=start, rebin=rebin,
-                                resolution=res if res is not None and res.kind == "matrix" else None,
+                                rebin_good=None if rebin is None else rebin[good],
                                 blocks=blocks, x=ln.copy(), kdust=kd, valid=valid, finer=finer,
                                 centres=centres, ln_rest=ln))
         if not any(c.good.any() for c in cams):
@@ -304,23 +309,14 @@ class TargetModel:
     def _camera_columns(self, c: _Camera, grid: np.ndarray, full: bool) -> np.ndarray:
         """Model grid ``(n, m1-m0)`` → the camera's pixels (binning, resolution):
         ``(n, npix)`` with ``full``, else only the fitted pixels ``(n, n_good_c)``."""
-        if c.ratio and c.resolution is None and not full:
-            idx = c.start + c.ratio * np.flatnonzero(c.good)
+        if c.ratio:
+            idx = c.start + c.ratio * (np.arange(c.npix) if full else np.flatnonzero(c.good))
             out = grid[:, idx]
             for k in range(1, c.ratio):
                 out += grid[:, idx + k]
             return out * (1.0 / c.ratio)
-        if c.ratio:
-            seg = grid[:, c.start:c.start + c.ratio * c.npix]
-            out = seg[:, 0::c.ratio].copy()
-            for k in range(1, c.ratio):
-                out += seg[:, k::c.ratio]
-            out *= 1.0 / c.ratio
-        else:
-            out = (c.rebin @ grid.T).T
-        if c.resolution is not None:
-            out = c.resolution.apply(out)
-        return out if full else out[:, c.good]
+        op = c.rebin if full else c.rebin_good
+        return (op @ grid.T).T
 
     def _convolve(self, c: _Camera, spectra_of_block, L_of_block) -> np.ndarray:
         """irfft(spectra · L) of every block, placed on the camera's model grid ``(n, m1-m0)``."""
