@@ -248,8 +248,10 @@ def fit_continuum(spec: Spectrum, templates: PreparedTemplates,
         [0.0] * (opt.moments - 2 + md)
     if opt.dust:
         lo, hi, x0 = lo + [0.0], hi + [opt.tau_max], x0 + [0.1]
+    lo, hi = np.array(lo), np.array(hi)
+    x0 = np.clip(np.array(x0), lo + 1e-6 * (hi - lo), hi - 1e-6 * (hi - lo))
     try:
-        sol = least_squares(model.residual, np.array(x0), jac=model.jacobian, bounds=(lo, hi),
+        sol = least_squares(model.residual, x0, jac=model.jacobian, bounds=(lo, hi),
                             method="trf", x_scale="jac", ftol=opt.ftol, xtol=opt.xtol, gtol=1e-10,
                             max_nfev=opt.max_nfev)
         x = sol.x

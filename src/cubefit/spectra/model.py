@@ -149,10 +149,9 @@ class TargetModel:
             hi = max(c.ln_rest[c.good].max() for c in self.cameras if c.good.any())
             self.mdegree = int((math.exp(hi) - math.exp(lo)) // 1000.0)
         self.n_good = sum(int(c.good.sum()) for c in self.cameras)
-        self.n_lin = pt.P + degree + 1
-        if self.n_good < 2 * (self.n_params + self.n_lin) and self.n_good < 50:
-            raise TargetProblem("no_pixels", f"only {self.n_good} usable pixels for "
-                                f"{self.n_params + self.n_lin} parameters")
+        if self.n_good < self.n_params + degree + 1 + 3:
+            raise TargetProblem("no_pixels", f"only {self.n_good} usable pixels for {self.n_params} "
+                                f"non-linear parameters, {degree + 1} polynomial terms and the weights")
         self.y = np.concatenate([c.y for c in self.cameras])
         if degree >= 0:
             X = np.concatenate([legendre.legvander(c.x[c.good], degree) * c.sw[c.good, None]
