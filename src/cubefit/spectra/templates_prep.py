@@ -195,22 +195,28 @@ def prepare_templates(library: TemplateLibrary | None = None, *, velscale: float
         library = TemplateLibrary.from_emiles(velscale=velscale / oversample,
                                               lam_range=(max(lo, 1690.0), min(hi, 49000.0)),
                                               cache_dir=cache_dir)
-    lib = library.normalise("none")
-    lam_lib = lib.lam
+    lam_lib = library.lam
     fw_lib = (np.broadcast_to(np.asarray(fwhm, dtype=np.float64), lam_lib.shape)
-              if fwhm is not None else _library_fwhm(lib, lam_lib))
+              if fwhm is not None else _library_fwhm(library, lam_lib))
     keep = (lam_lib >= lo * 0.99) & (lam_lib <= hi * 1.01)
     if np.count_nonzero(keep) < 16:
-        raise ValueError(f"{lib.source}: lam_range {lam_range} Å overlaps the library "
+        raise ValueError(f"{library.source}: lam_range {lam_range} Å overlaps the library "
                          f"({lam_lib[0]:.1f}–{lam_lib[-1]:.1f} Å) by fewer than 16 pixels")
-    lam_lib, fw_lib, spectra = lam_lib[keep], fw_lib[keep], lib.flux[:, keep]
+    lam_lib, fw_lib = lam_lib[keep], fw_lib[keep]
+    spectra = library.flux[:, keep] * library.norm[:, None]          # in the library's flux unit
+    masses, m2l, source = library.masses, library.mass_to_light, library.source
+    pop_axes, axis_units, names = dict(library.pop_axes), dict(library.axis_units), list(library.names)
+    del library                  # a library loaded here is large (fine grid): free it now
     convert = vacuum and library_air
     lam_src = air_to_vacuum(lam_lib) if convert else lam_lib
     if not vacuum and not library_air:
         raise ValueError("prepare_templates: a vacuum library cannot be converted to air; "
                          "fit air data by declaring Spectrum(air=True): the fitter converts the data")
-    # Exact-overlap rebin of the piecewise-constant source onto the uniform log grid.
-    flux, ln_lam, vs = log_rebin(lam_src, spectra, velscale=velscale)
+    # Exact-overlap rebin of the piecewise-constant source onto the uniform log grid, a
+    # few templates at a time (the fine intermediate grid is large).
+    parts = [log_rebin(lam_src, spectra[i:i + 16], velscale=velscale) for i in range(0, len(spectra), 16)]
+    flux, ln_lam, vs = np.concatenate([p[0] for p in parts]), parts[0][1], parts[0][2]
+    del parts, spectra
     edges = np.exp(edges_from_centres(np.log(lam_src)))
     inside = (np.exp(ln_lam) >= max(lo, edges[0])) & (np.exp(ln_lam) <= min(hi, edges[-1]))
     flux, ln_lam = flux[:, inside], ln_lam[inside]
@@ -220,22 +226,22 @@ def prepare_templates(library: TemplateLibrary | None = None, *, velscale: float
     scale = float(np.median(flux[:, covered])) if covered.any() else float(np.median(flux[flux > 0]))
     flux = flux / scale
     mass = lv = None
-    if lib.masses is not None:
+    if masses is not None:
         # A unit weight on a normalised template is 1/scale of the library's unit
         # (for SSPs: per solar mass of initial stellar mass).
-        mass = lib.masses / scale
-        if lib.mass_to_light is not None:
-            lv = mass / lib.mass_to_light
+        mass = masses / scale
+        if m2l is not None:
+            lv = mass / m2l
     # FFT windows: K covers |v| + one pixel of alignment + the LOSVD tails.
     K = int(math.ceil((vel_max + vs + LOSVD_TAIL_SIGMAS * math.hypot(sigma_max, MAX_DATA_SIGMA)) / vs))
     want = max(int(round(block_kms / vs)), 2 * K)
     nfft = scipy.fft.next_fast_len(want + 2 * K, real=True)
     return PreparedTemplates(
         flux=flux, ln_lam=ln_lam, velscale=float(vs), fwhm=fwhm_out, covered=covered,
-        vacuum=bool(vacuum), mass_per_weight=mass, lv_per_weight=lv, pop_axes=dict(lib.pop_axes),
-        axis_units=dict(lib.axis_units), names=list(lib.names), vel_max=float(vel_max),
+        vacuum=bool(vacuum), mass_per_weight=mass, lv_per_weight=lv, pop_axes=pop_axes,
+        axis_units=axis_units, names=names, vel_max=float(vel_max),
         sigma_max=float(sigma_max), K=K, block=nfft - 2 * K, nfft=nfft,
-        source=f"{lib.source} ({'vacuum' if vacuum else 'air'}, {vs:.6g} km/s)")
+        source=f"{source} ({'vacuum' if vacuum else 'air'}, {vs:.6g} km/s)")
 
 
 @functools.lru_cache(maxsize=4)
