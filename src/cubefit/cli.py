@@ -447,6 +447,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--synthetic", action="store_true",
                    help="use built-in synthetic templates instead of E-MILES (no download)")
     d.set_defaults(func=cmd_demo)
+
+    from .spectra.cli import add_parser as add_fastspec
+    add_fastspec(sub)
+    from .spectra.fastphot_cli import add_parser as add_fastphot
+    add_fastphot(sub)
     return p
 
 

@@ -29,7 +29,8 @@ from . import C_KMS
 
 __all__ = ["check_vel_grid", "check_losvd", "kernel_half_width", "pixel_velocities",
            "losvd_kernels", "losvd_amplitudes", "fft_length", "kernel_layout", "kernel_spectra",
-           "convolve_kernels", "gauss_hermite_losvd", "norm_factors", "AMP_MODES", "NORM_MODES"]
+           "convolve_kernels", "gauss_hermite_losvd", "gauss_hermite_rfft", "norm_factors", "AMP_MODES",
+           "NORM_MODES"]
 
 AMP_MODES = ("sum", "trapz")
 """Valid ``mode`` values of :func:`losvd_amplitudes`."""
@@ -293,3 +294,61 @@ def norm_factors(amp, mode: str, data_flux=None) -> np.ndarray:
         raise ValueError(f"data_flux: expected ({a.shape[0]},), got shape {F.shape}")
     tot = a.sum(axis=1, keepdims=True)
     return np.divide(F[:, None] * a, tot, out=np.zeros_like(a), where=tot > 0)
+
+
+# --------------------------------------------------------------------- analytic Fourier transform
+
+_GH_NORM = {3: 1.0 / math.sqrt(2 ** 3 * math.factorial(3)), 4: 1.0 / math.sqrt(2 ** 4 * math.factorial(4))}
+
+
+def gauss_hermite_rfft(nfft: int, v, sigma, h3=0.0, h4=0.0, var_extra=0.0, derivatives: bool = False):
+    """Analytic rfft of a Gauss–Hermite LOSVD on a pixel grid, ``(nfft//2 + 1,)`` complex.
+
+    ``v`` and ``sigma`` are in pixels (velocity / velscale), ``h3``, ``h4`` as in
+    :func:`gauss_hermite_losvd` (van der Marel & Franx 1993).  The result is the
+    Fourier transform of the *continuous* profile at the rfft frequencies
+    ``ω_k = 2πk / nfft``, laid out like :func:`kernel_spectra` (shift ``k`` at index
+    ``k mod nfft``): ``irfft(rfft(f, nfft) * gauss_hermite_rfft(...), nfft)`` convolves
+    ``f`` with the profile, exactly for band-limited ``f`` and at any σ, including
+    σ far below one pixel and sub-pixel ``v``.  With ``y = (u - v)/σ``,
+
+        L̂(ω) = exp(-iωv - ½(σ² + var_extra)ω²) · [1 + Σ_{m=3,4} h_m (-i)^m H_m(σω)/√(2^m m!)]
+
+    where ``H_m`` are the physicists' Hermite polynomials: ``e^{-y²/2}H_m(y)`` are
+    eigenfunctions of the Fourier transform with eigenvalue ``(-i)^m``, and the
+    normalised ``H_m/√(2^m m!)`` are the vdMF93 polynomials.  ``var_extra`` (pixels²,
+    either sign) adds a Gaussian of that variance in quadrature (instrumental
+    broadening; negative removes it); ``σ² + var_extra`` must stay ≥ 0.
+
+    With ``derivatives=True`` also returns ``(4, nfft//2 + 1)``: ∂L̂/∂(v, σ, h3, h4).
+    """
+    nfft = int(nfft)
+    v, sigma, h3, h4, var_extra = (float(a) for a in (v, sigma, h3, h4, var_extra))
+    if not (np.isfinite(sigma) and sigma >= 0):
+        raise ValueError(f"sigma: expected a finite dispersion ≥ 0 (pixels), got {sigma!r}")
+    if not sigma * sigma + var_extra >= 0:
+        raise ValueError(f"sigma² + var_extra = {sigma * sigma + var_extra:.6g} px² < 0: the extra "
+                         "broadening removes more than the LOSVD's own width")
+    w = 2.0 * np.pi * np.arange(nfft // 2 + 1) / nfft
+    base = np.exp(-1j * w * v - 0.5 * (sigma * sigma + var_extra) * w * w)
+    x = sigma * w
+    herm = h3 != 0.0 or h4 != 0.0 or derivatives
+    if herm:
+        x2 = x * x
+        H3 = 8.0 * x2 * x - 12.0 * x                         # physicists' Hermite polynomials
+        H4 = 16.0 * x2 * x2 - 48.0 * x2 + 12.0
+        c3, c4 = 1j * _GH_NORM[3], _GH_NORM[4]               # (-i)^3 = i, (-i)^4 = 1
+        poly = 1.0 + h3 * c3 * H3 + h4 * c4 * H4
+        out = base * poly
+    else:
+        out = base
+    if not derivatives:
+        return out
+    dH3 = 24.0 * x2 - 12.0                                   # H_m' = 2m H_{m-1}
+    dH4 = 64.0 * x2 * x - 96.0 * x
+    d = np.empty((4, w.size), dtype=complex)
+    d[0] = -1j * w * out
+    d[1] = base * (-sigma * w * w * poly + w * (h3 * c3 * dH3 + h4 * c4 * dH4))
+    d[2] = base * c3 * H3
+    d[3] = base * c4 * H4
+    return out, d
