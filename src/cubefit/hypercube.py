@@ -181,7 +181,8 @@ def _attr(v):
     return v
 
 
-def _status(f: h5py.File) -> HypercubeStatus:
+def cube_status(f: h5py.File) -> HypercubeStatus:
+    """Status of the hypercube of an open file (as :func:`hypercube_status` for a path)."""
     if MODELS not in f or DONE not in f:
         raise KeyError(f"{f.filename}: {MODELS} or its bitmap {DONE} is missing; build it with "
                        "build_hypercube()")
@@ -199,13 +200,13 @@ def _status(f: h5py.File) -> HypercubeStatus:
 def hypercube_status(h5, config: Config | None = None) -> HypercubeStatus:
     """Inspect the build bitmap: fraction done, missing tiles, settings, pending conversion."""
     with open_h5(h5, "r", config=config) as f:
-        return _status(f)
+        return cube_status(f)
 
 
 def require_complete(f: h5py.File) -> HypercubeStatus:
     """Status of an open file's cube; ``ValueError`` unless it is complete, consistent and
     made from the inputs the file holds."""
-    st = _status(f)
+    st = cube_status(f)
     if st.stale:
         raise ValueError(f"{f.filename}: {MODELS} was made from other inputs than the file now holds "
                          "(inputs_fingerprint differs); rebuild it with build_hypercube(h5, "
@@ -229,7 +230,7 @@ def invalidate_tiles(h5, tiles=None, *, spaxels=None, config: Config | None = No
     build completes again.  Returns the number of bits cleared.
     """
     with open_h5(h5, "r+", config=config) as f:
-        st = _status(f)
+        st = cube_status(f)
         done = f[DONE][...]
         sel = np.zeros(done.shape, dtype=bool)
         if tiles is None and spaxels is None:
@@ -368,7 +369,7 @@ def build_hypercube(h5, norm_mode: str = "data", amp_mode: str = "sum", S_chunk:
         want = _wanted_settings(f, norm_mode, amp_mode, (S_chunk, C_chunk, P_chunk))
         fresh = overwrite or MODELS not in f or DONE not in f
         if not fresh:
-            st = _status(f)
+            st = cube_status(f)
             if st.pending_conversion:
                 require_complete(f)  # raises with the how-to-finish message
             if len(st.settings) < len(_SETTINGS) and st.n_done == 0:
@@ -401,7 +402,7 @@ def build_hypercube(h5, norm_mode: str = "data", amp_mode: str = "sum", S_chunk:
             _set_up(f, want, compression, amp, pw)
         n_built = _build_tiles(f, progress)
         _finalise(f)
-        st = _status(f)
+        st = cube_status(f)
     log.debug("%s: %d tiles built in %.1f s (%d/%d done)", path, n_built, time.perf_counter() - t0,
              st.n_done, st.n_tiles)
     return st
@@ -634,7 +635,7 @@ def convert_hypercube_norm(h5, to_mode: str, recompute_energy: bool = True, prog
     path = Path(h5)
     _check_mode("to_mode", to_mode, NORM_MODES)
     with open_h5(path, "r+", config=cfg) as f:
-        st = _status(f)
+        st = cube_status(f)
         pending = st.pending_conversion
         if pending is None:
             require_complete(f)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import Config, get_config
-from .hypercube import MODELS, TileGrid, _status, check_spaxels, require_complete
+from .hypercube import MODELS, TileGrid, cube_status, check_spaxels, require_complete
 from .h5io import check_unchanged, edit_h5, state_of
 from .locking import FileBusyError, describe_holder, lock_holder, writer_lock
 from .provenance import file_fingerprint, x_sha256
@@ -95,7 +95,7 @@ def reconstruct(h5, x, out: str | None = None, spaxels=None, *,
                 out = check_output_name(f, out)
             state = state_of(f, cfg)
             # A cube converted to the other normalisation after the fit no longer matches x.
-            st = _status(f) if MODELS in f else None
+            st = cube_status(f) if MODELS in f else None
             use_cube = st is not None and st.complete and not st.stale \
                 and st.settings.get("norm.mode") == fit_modes(f)[0]
             fingerprint = file_fingerprint(f)

@@ -107,7 +107,7 @@ from threadpoolctl import threadpool_limits
 
 from . import __version__
 from .config import Config, get_config
-from .hypercube import MODELS, _status
+from .hypercube import MODELS, cube_status
 from .losvd import NORM_MODES
 from .operator import LOSVDOperator
 from .provenance import dataset_digest, stale_products
@@ -118,7 +118,7 @@ from .solvers.priors import with_priors
 from .diskspace import save_fallback
 from .h5io import check_unchanged, check_writable, edit_h5, file_state
 from .locking import writes_file
-from .store import SCHEMA, _stamp, open_h5, write_dataset
+from .store import SCHEMA, open_h5, stamp_file, write_dataset
 from .tracking import FitTracker, latest_snapshot
 from .uncertainties import UNUSED_ATTRS as MC_UNUSED, check_nmonte, monte_carlo_for_file
 from .weights import read_lambda_weights, weights_summary
@@ -264,7 +264,7 @@ def _commit(f: h5py.File) -> None:
     f.move(STAGING + "/X_global", "/X_global")
     f.move(STAGING + "/Fit", "/Fit")
     del f[STAGING]
-    _stamp(f)
+    stamp_file(f)
 
 
 def read_fit(h5, *, config: Config | None = None) -> tuple[np.ndarray, dict, dict]:
@@ -367,7 +367,7 @@ class PipelineRunner:
             text = lambda v: v.decode() if isinstance(v, bytes) else str(v)  # noqa: E731
             pop = f["/Templates"].attrs.get("pop_shape") if "/Templates" in f else None
             cube_norm = text(hc["norm.mode"]) if "norm.mode" in hc else None
-            cube = _status(f) if MODELS in f else None
+            cube = cube_status(f) if MODELS in f else None
             if cube is not None and cube.stale:     # made from other inputs: not a constraint
                 cube_norm = None
             if norm_mode is not None and cube_norm not in (None, norm_mode) \

@@ -204,7 +204,8 @@ def write_dataset(f: h5py.File, name: str, data, *, units: str | None = None,
     return ds
 
 
-def _stamp(f: h5py.File) -> None:
+def stamp_file(f: h5py.File) -> None:
+    """Record the package version and the time of this change on an open file."""
     f.attrs["cubefit_version"] = __version__
     f.attrs["modified_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
@@ -341,7 +342,7 @@ class H5Manager:
                 write_dataset(f, "/ObsPix", self.obs_pix)
             if self.vel_pix is not None:
                 write_dataset(f, "/VelPix", self.vel_pix)
-            _stamp(f)
+            stamp_file(f)
 
     # -- populate ------------------------------------------------------------------------
     @writes_file("populate")
@@ -581,7 +582,7 @@ class H5Manager:
             ds.attrs["source"] = "/DataCube + /Mask"
             if "/R_T" in f:  # the template grid may have changed with the crop
                 del f["/R_T"]
-            _stamp(f)
+            stamp_file(f)
         return dims
 
     # -- rebin ---------------------------------------------------------------------------
@@ -619,7 +620,7 @@ class H5Manager:
             write_dataset(f, "/R_T/data", R.data)
             write_dataset(f, "/R_T/indices", R.indices.astype(np.int32))
             write_dataset(f, "/R_T/indptr", R.indptr.astype(np.int64))
-            _stamp(f)
+            stamp_file(f)
         return R
 
 
