@@ -291,3 +291,43 @@ def test_rejects_short_templates_and_bad_vectors(pb):
         op.weighted_data()
     with pytest.raises(ValueError, match="cols"):
         op.gram(cols=np.array([0, 99]))
+
+
+def test_row_blocks_are_the_dense_rows(pb, dense):
+    """The BlockOperator contract: block i's forward is the dense matrix's rows
+    row_block(i) times x, its adjoint those rows' transpose, and the blocks tile the rows."""
+    from cubefit.solvers.problem import BlockOperator
+    Aw = weighted_dense(dense[("model", "sum")], pb)       # brute-force reference
+    op = build(pb, tile=4)
+    assert isinstance(op, BlockOperator) and op.n_blocks == -(-op.S // 4) > 1
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal(op.shape[1])
+    r = rng.standard_normal(op.shape[0])
+    rows = [op.row_block(i) for i in range(op.n_blocks)]
+    assert rows[0].start == 0 and rows[-1].stop == op.shape[0]
+    assert all(a.stop == b.start for a, b in zip(rows, rows[1:]))
+    total = np.zeros(op.shape[1])
+    for i, sl in enumerate(rows):
+        np.testing.assert_allclose(op.matvec_block(x, i), Aw[sl] @ x, rtol=1e-10,
+                                   atol=1e-12 * np.abs(Aw @ x).max())
+        part = op.rmatvec_block(r[sl], i)
+        np.testing.assert_allclose(part, Aw[sl].T @ r[sl], rtol=1e-10,
+                                   atol=1e-12 * np.abs(Aw.T @ r).max())
+        total += part
+    np.testing.assert_allclose(total, op.rmatvec(r), rtol=1e-12, atol=1e-12 * np.abs(total).max())
+    with pytest.raises(ValueError, match="rows of block"):
+        op.rmatvec_block(r[:3], 0)
+
+
+def test_solvers_ask_only_what_the_problem_contract_offers():
+    """LeastSquares satisfies the Problem protocol; no solver reaches into the rows."""
+    import inspect
+    import re
+
+    import cubefit.solvers as solvers
+    from cubefit.solvers.problem import LeastSquares, Problem
+    assert isinstance(LeastSquares(np.eye(3), np.ones(3)), Problem)
+    for name in ("fista", "newton", "working_set", "bounded_lsq", "stopping", "lbfgsb", "exact"):
+        src = inspect.getsource(getattr(solvers, name))
+        # Sums over rows (r @ r, y @ y, norms of y) only through the contract.
+        assert not re.search(r"prob\.y\s*@|@\s*prob\.y|norm\(prob\.y\)|\b(r|s|rt|w|r_y)\s*@\s*\1\b", src), name

@@ -407,25 +407,79 @@ class LOSVDOperator:
                              f"shape {x.shape}")
         return x.reshape(self.C, self.P).astype(self.dtype, copy=False)
 
-    def _forward(self, x, weighted: bool) -> np.ndarray:
-        be, xp = self._be, self._be.xp
+    def _mix_spectrum(self, x):
+        """``M̂ (F, C, 1)``: the FFT of each component's template mix ``M = X T``."""
+        be = self._be
         M = be.asarray(self._x_matrix(x)) @ self._templates_dev                     # (C, T)
         Mh = be.permute(be.rfft(M, self.nfft, -1), (1, 0))                         # (F, C)
         if be.is_numpy:                 # contiguous rows: numpy's batched matmul is faster
             Mh = np.ascontiguousarray(Mh)
-        Mh = Mh[:, :, None]
+        return Mh[:, :, None]
+
+    def _tile_forward(self, Mh, i: int, weighted: bool):
+        """Model of tile ``i``'s spaxels ``(St, L)`` on the backend, from :meth:`_mix_spectrum`."""
+        be, xp = self._be, self._be.xp
+        sl = self._tiles[i]
+        Z = xp.matmul(self._spectra(i), Mh)[:, :, 0]                       # (F, St) Σ_c g ĥ M̂
+        z = be.irfft(Z, self.nfft, 0)[:self.T, :]                          # (T, St) linear conv
+        y = be.permute(self._rebin(z), (1, 0))                             # (St, L)
+        return y * self._d_dev[sl, :] if weighted else y
+
+    def _forward(self, x, weighted: bool) -> np.ndarray:
+        be = self._be
+        Mh = self._mix_spectrum(x)
         out = be.empty((self.S, self.L), self.dtype)
 
         def tile(i):
-            sl = self._tiles[i]
-            Z = xp.matmul(self._spectra(i), Mh)[:, :, 0]                   # (F, St) Σ_c g ĥ M̂
-            z = be.irfft(Z, self.nfft, 0)[:self.T, :]                      # (T, St) linear conv
-            y = be.permute(self._rebin(z), (1, 0))                         # (St, L)
-            out[sl, :] = y * self._d_dev[sl, :] if weighted else y
+            out[self._tiles[i], :] = self._tile_forward(Mh, i, weighted)
 
         for _ in self._map_tiles(tile):
             pass
         return be.to_numpy(out)
+
+    # -- row blocks (cubefit.solvers.problem.BlockOperator) ------------------------------
+    @property
+    def n_blocks(self) -> int:
+        """Number of row blocks: the spaxel tiles."""
+        return len(self._tiles)
+
+    def row_block(self, i: int) -> slice:
+        """Rows of ``Ã`` in block ``i``: spaxels ``tile_i`` × all ``L`` pixels, rows
+        ``s·L + l``."""
+        sl = self._tiles[int(i)]
+        return slice(sl.start * self.L, sl.stop * self.L)
+
+    def matvec_block(self, x, i: int) -> np.ndarray:
+        """``(Ã x)[row_block(i)]``: the weighted model of block ``i``'s spaxels, ``(St·L,)``."""
+        return self._be.to_numpy(self._tile_forward(self._mix_spectrum(x), int(i), True)).ravel()
+
+    def rmatvec_block(self, r_i, i: int) -> np.ndarray:
+        """``Ã[row_block(i)]ᵀ r_i`` as ``(C·P,)`` for ``r_i (St·L,)``; the sum over blocks is
+        :meth:`rmatvec`."""
+        i = int(i)
+        sl = self._tiles[i]
+        r_i = np.asarray(r_i)
+        St = sl.stop - sl.start
+        if r_i.shape not in ((St * self.L,), (St, self.L)):
+            raise ValueError(f"r_i: expected ({St * self.L},) rows of block {i} (or ({St}, "
+                             f"{self.L})), got shape {r_i.shape}")
+        r = self._be.asarray(r_i.reshape(St, self.L), self.dtype)
+        return self._adjoint_finish(self._tile_adjoint(r, i))
+
+    def _tile_adjoint(self, r_tile, i: int):
+        """``Σ_s conj(ĝĥ)·V̂`` of tile ``i`` as ``(F, C)`` for its residual rows ``(St, L)``."""
+        be, xp = self._be, self._be.xp
+        u = r_tile * self._d_dev[self._tiles[i], :]                          # (St, L)
+        v = self._rebin_t(be.permute(u, (1, 0)))                            # (T, St) = Rᵀ u
+        Vc = xp.conj(be.rfft(v, self.nfft, 0))                              # (F, St), zero pad
+        # Σ_s conj(V̂) ĝĥ = conj(Σ_s conj(ĝĥ) V̂): one batched (1×St)·(St×C) per frequency.
+        return xp.matmul(Vc[:, None, :], self._spectra(i))[:, 0, :]          # (F, C)
+
+    def _adjoint_finish(self, Gh) -> np.ndarray:
+        """``(C·P,)`` gradient from the summed per-tile spectra ``Gh (F, C)``."""
+        be, xp = self._be, self._be.xp
+        G = be.irfft(be.permute(xp.conj(Gh), (1, 0)), self.nfft, -1)[:, :self.T]   # (C, T)
+        return be.to_numpy(xp.reshape(G @ be.permute(self._templates_dev, (1, 0)), (-1,)))
 
     def matvec(self, x) -> np.ndarray:
         """``Ã x`` as ``(S·L,)``: weighted model of ``x (C·P,)`` (row ``s·L + l``)."""
@@ -444,22 +498,16 @@ class LOSVDOperator:
         if r.shape not in ((self.S * self.L,), (self.S, self.L)):
             raise ValueError(f"r: expected ({self.S * self.L},) = S·L residuals (or (S, L)), got "
                              f"shape {r.shape}")
-        be, xp = self._be, self._be.xp
+        be = self._be
         r = be.asarray(r.reshape(self.S, self.L), self.dtype)
 
         def tile(i):
-            sl = self._tiles[i]
-            u = r[sl, :] * self._d_dev[sl, :]                                # (St, L)
-            v = self._rebin_t(be.permute(u, (1, 0)))                        # (T, St) = Rᵀ u
-            Vc = xp.conj(be.rfft(v, self.nfft, 0))                          # (F, St), zero pad
-            # Σ_s conj(V̂) ĝĥ = conj(Σ_s conj(ĝĥ) V̂): one batched (1×St)·(St×C) per frequency.
-            return xp.matmul(Vc[:, None, :], self._spectra(i))[:, 0, :]      # (F, C)
+            return self._tile_adjoint(r[self._tiles[i], :], i)
 
         Gh = None
         for part in self._map_tiles(tile):
             Gh = part if Gh is None else Gh + part
-        G = be.irfft(be.permute(xp.conj(Gh), (1, 0)), self.nfft, -1)[:, :self.T]   # (C, T)
-        return be.to_numpy(xp.reshape(G @ be.permute(self._templates_dev, (1, 0)), (-1,)))
+        return self._adjoint_finish(Gh)
 
     def weighted_data(self, datacube=None) -> np.ndarray:
         """``ỹ = d ⊙ Y`` as ``(S·L,)`` (default ``Y``: the ``datacube`` given at construction)."""

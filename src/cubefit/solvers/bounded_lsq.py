@@ -146,12 +146,12 @@ def lsq_trf(A, y=None, *, x0=None, gtol: float = 1e-6, ftol: float = 1e-12, wind
     conv = Convergence(prob, gtol, ftol, window)
     if not np.any(prob.b > 0):
         # ∇f(0) = −Ãᵀỹ ≥ 0: x = 0 passes the KKT test and is the optimum (convexity).
-        cost = 0.5 * float(prob.y @ prob.y)
+        cost = prob.cost_at_zero
         prob.record(cost, 0.0)
         return prob.result("trf", np.zeros(prob.n), cost, 0.0, 0, 1)
     x_start, s = _start(prob, x0)
     kappa = 1e-3 * s
-    eta = float(np.linalg.norm(prob.y)) or 1.0
+    eta = prob.y_norm or 1.0
     tau = gtol * prob.grad0_norm
     state = {"nit": -1, "best": None}            # best: (cost, x) of the snapped candidates
 

@@ -63,8 +63,8 @@ def fista(A, y=None, *, x0=None, gtol: float = 1e-6, ftol: float = 1e-10, window
     L = float(lipschitz) if lipschitz is not None else power_lipschitz(prob)
     x = np.zeros(prob.n) if x0 is None else prob.check_x0(x0)
     Ax = prob.matvec(x) if x.any() else np.zeros(prob.m)
-    r = Ax - prob.y
-    cost = 0.5 * float(r @ r)
+    r = prob.residual(Ax)
+    cost = prob.half_sq(r)
     g_x = prob.rmatvec(r)
     opt = prob.optimality(x, g_x)
     prob.record(cost, opt, x)
@@ -72,13 +72,13 @@ def fista(A, y=None, *, x0=None, gtol: float = 1e-6, ftol: float = 1e-10, window
     best = [cost]
     # The cost-change test is relative, with a floor at the rounding level of ½‖ỹ‖²
     # so that a noiseless problem (optimal cost 0) can settle too.
-    y_norm = float(np.linalg.norm(prob.y))
+    y_norm = prob.y_norm
     floor = np.finfo(np.float64).eps ** 2 * 0.5 * y_norm**2
     status, nit = 0, 0
     while True:
         if g_y is None:                  # gradient at the extrapolated point
-            r_y = Ay - prob.y
-            f_y, g_y = 0.5 * float(r_y @ r_y), prob.rmatvec(r_y)
+            r_y = prob.residual(Ay)
+            f_y, g_y = prob.half_sq(r_y), prob.rmatvec(r_y)
         # Backtracking on the quadratic upper bound.  The slack covers rounding in the
         # two costs (relative to f and to the residual-data product, for f ≈ 0), and
         # the doubling is capped because only rounding can defeat the test for L ≥ ‖Ã‖².
@@ -86,7 +86,7 @@ def fista(A, y=None, *, x0=None, gtol: float = 1e-6, ftol: float = 1e-10, window
         for _ in range(60):
             xn = np.maximum(yv - g_y / L, 0.0)
             Axn = prob.matvec(xn)
-            rn = Axn - prob.y
+            rn = prob.residual(Axn)
             cost_n = 0.5 * float(rn @ rn)
             step = xn - yv
             if cost_n <= f_y + float(g_y @ step) + 0.5 * L * float(step @ step) + slack:

@@ -106,16 +106,16 @@ def newton_cg(A, y=None, *, x0=None, gtol: float = 1e-6, ftol: float = 1e-12,
     conv = Convergence(prob, gtol, ftol, 1)
     if x0 is None:
         x = np.zeros(prob.n)
-        r = -prob.y
-        cost, grad = 0.5 * float(prob.y @ prob.y), -prob.b
+        r = prob.residual(np.zeros_like(prob.y))
+        cost, grad = prob.cost_at_zero, -prob.b
     else:
         x = prob.check_x0(x0)
         cost, grad, Ax = prob.evaluate(x)
-        r = Ax - prob.y
+        r = prob.residual(Ax)
     opt = prob.optimality(x, grad)
     prob.record(cost, opt)
     tau = vtol * prob.grad0_norm
-    y_norm = float(np.linalg.norm(prob.y))
+    y_norm = prob.y_norm
     nit, status, message, failed_at = 0, 0, None, None
     while True:
         free = x > 0
@@ -134,7 +134,7 @@ def newton_cg(A, y=None, *, x0=None, gtol: float = 1e-6, ftol: float = 1e-12,
             continue
         # Certify with the operator: the recurrences carry rounding.
         cost, grad, Ax = prob.evaluate(x)
-        r = Ax - prob.y
+        r = prob.residual(Ax)
         opt = prob.optimality(x, grad)
         prob.record(cost, opt)
         if settled is not None and opt <= gtol:
@@ -169,20 +169,20 @@ def _newton_step(prob: LeastSquares, x, free, r, cost, grad, eta, progress, max_
     n_free = int(free.sum())
     if n_free <= direct_face and 8 * prob.m * n_free <= _FACE_BYTES:
         x, r, g = _exact_face_step(prob, x, free, r)
-        return x, r, 0.5 * float(r @ r), g, True
+        return x, r, prob.half_sq(r), g, True
     else:
         d, s, g, converged = _cgls_face_step(prob, free, r, grad, z, gamma0, eta, progress,
                                              n_free, max_cg)
     if np.all(x + d >= 0):
-        return x + d, -s, 0.5 * float(s @ s), g, converged
+        return x + d, -s, prob.half_sq(s), g, converged
     # Rounding in the two costs (relative to f, and to the residual-data product for
     # f ≈ 0) must not reject a step that only rounding makes look uphill.
     slack = 1e-12 * cost + 1e-13 * np.sqrt(2.0 * cost) * y_norm
     alpha = 1.0
     for _ in range(40):
         xt = np.maximum(x + alpha * d, 0.0)
-        rt = prob.matvec(xt) - prob.y
-        ft = 0.5 * float(rt @ rt)
+        rt = prob.residual(prob.matvec(xt))
+        ft = prob.half_sq(rt)
         if ft <= cost + armijo * float(grad @ (xt - x)) + slack:
             return xt, rt, ft, prob.rmatvec(rt), converged
         alpha *= 0.5
@@ -249,7 +249,7 @@ def _cgls_face_step(prob: LeastSquares, free, r, grad, z, gamma0, eta, progress,
     best = 0.0
     for step in range(steps):
         w = prob.matvec(p)
-        ww = float(w @ w)
+        ww = prob.row_dot(w, w)
         if ww == 0.0:                            # p lies in the null space of Ã_F
             break
         a = gamma / ww

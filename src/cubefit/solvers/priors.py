@@ -209,8 +209,7 @@ class PriorProblem:
     # -- reporting ---------------------------------------------------------------------
     def data_cost(self, x) -> float:
         """``½‖Ã x − ỹ‖²``: the data term alone (one forward pass)."""
-        r = self._ls.matvec(np.asarray(x, dtype=np.float64).ravel()) - self._ls.y
-        return 0.5 * float(r @ r)
+        return self._ls.half_sq(self._ls.residual(self._ls.matvec(np.asarray(x, dtype=np.float64).ravel())))
 
     def penalties(self, x) -> dict[str, float]:
         """``{name: ½‖B_k x‖²}`` for each prior (no operator pass)."""

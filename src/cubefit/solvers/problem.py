@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextvars
 import time
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import scipy.sparse as sp
@@ -23,7 +24,7 @@ from scipy.sparse.linalg import aslinearoperator
 
 from .result import SolverResult, STATUS, relative_optimality
 
-__all__ = ["LeastSquares", "PROGRESS", "DEADLINE"]
+__all__ = ["LeastSquares", "Problem", "BlockOperator", "PROGRESS", "DEADLINE"]
 
 PROGRESS: contextvars.ContextVar = contextvars.ContextVar("cubefit_solver_progress", default=None)
 """Progress callback ``fn(step, x, cost)`` of the solve in progress, installed by
@@ -36,6 +37,65 @@ argument of every solver, so that each solver streams its iterations (to a
 DEADLINE: contextvars.ContextVar = contextvars.ContextVar("cubefit_solver_deadline", default=None)
 """``time.monotonic()`` after which the solve in progress stops at its next limit check
 (status 0), installed by :func:`cubefit.solvers.solve` from its ``time_limit``."""
+
+
+@runtime_checkable
+class Problem(Protocol):
+    """What a solver may ask of its problem: the contract between the solvers and
+    :class:`LeastSquares` (or any replacement, e.g. one whose rows live on several MPI
+    ranks).
+
+    Row vectors (``(m,)``: ``A x``, residuals) are opaque to a solver: it may add and scale
+    them, but every sum over rows goes through :meth:`half_sq`, :meth:`row_dot`,
+    :attr:`cost_at_zero` or :attr:`y_norm`.  Column-space vectors (``(n,)``: ``x``,
+    gradients) are ordinary arrays, identical on every process.
+    """
+
+    m: int
+    n: int
+    passes: int
+    gram_columns: int
+    y: np.ndarray
+
+    def matvec(self, x) -> np.ndarray: ...              # A x (one pass)
+    def rmatvec(self, r) -> np.ndarray: ...             # Aᵀ r (one pass)
+    def residual(self, Ax) -> np.ndarray: ...           # A x − y
+    def half_sq(self, r) -> float: ...                  # ½‖r‖²
+    def row_dot(self, u, v) -> float: ...               # u · v
+    @property
+    def cost_at_zero(self) -> float: ...
+    @property
+    def y_norm(self) -> float: ...
+    @property
+    def b(self) -> np.ndarray: ...                      # Aᵀ y
+    @property
+    def grad0_norm(self) -> float: ...
+    def evaluate(self, x): ...                          # (cost, gradient, A x)
+    def optimality(self, x, grad) -> float: ...
+    def columns(self, idx) -> np.ndarray: ...           # explicit columns A[:, idx]
+    def gram(self, rows=None, cols=None) -> np.ndarray: ...
+    def record(self, cost: float, optimality: float = np.nan, x=None) -> None: ...
+    def check_x0(self, x0) -> np.ndarray: ...
+    def result(self, method: str, x, cost, optimality, nit, status, message=None): ...
+
+
+@runtime_checkable
+class BlockOperator(Protocol):
+    """An operator whose rows come in blocks that can be applied one at a time — what a
+    row-action method (Kaczmarz) or a row-sharded (MPI) problem needs, with no private
+    access: block ``i`` covers the rows :meth:`row_block` ``(i)`` of ``A``, and
+    ``Σ_i rmatvec_block(r[row_block(i)], i) = rmatvec(r)``.
+    :class:`cubefit.operator.LOSVDOperator` is one (a block is a tile of spaxels).
+    """
+
+    shape: tuple
+    n_blocks: int
+
+    def matvec(self, x) -> np.ndarray: ...
+    def rmatvec(self, r) -> np.ndarray: ...
+    def row_block(self, i: int) -> slice: ...
+    def matvec_block(self, x, i: int) -> np.ndarray: ...
+    def rmatvec_block(self, r_i, i: int) -> np.ndarray: ...
 
 
 class LeastSquares:
@@ -119,11 +179,37 @@ class LeastSquares:
         """``‖∇f(0)‖∞``, the scale of :func:`relative_optimality`."""
         return float(np.max(np.abs(self.b), initial=0.0))
 
+    # -- row space: the only place where row vectors (m,) are combined --------------------
+    # Solvers treat matvec's output and residuals as opaque row vectors and ask for their
+    # sums here, so that a problem whose rows are spread over processes (MPI) can reduce
+    # each sum once, and nothing else has to change.
+    def residual(self, Ax) -> np.ndarray:
+        """``A x − y`` from ``A x`` (a row vector)."""
+        return Ax - self.y
+
+    def half_sq(self, r) -> float:
+        """``½‖r‖²`` of a row vector: the cost of a residual."""
+        return 0.5 * float(r @ r)
+
+    def row_dot(self, u, v) -> float:
+        """``u · v`` of two row vectors."""
+        return float(u @ v)
+
+    @property
+    def cost_at_zero(self) -> float:
+        """``f(0) = ½‖y‖²``."""
+        return 0.5 * float(self.y @ self.y)
+
+    @property
+    def y_norm(self) -> float:
+        """``‖y‖``, the scale of rounding in row-space sums."""
+        return float(np.linalg.norm(self.y))
+
     def evaluate(self, x):
         """``(cost, gradient, A x)`` at ``x`` (two passes)."""
         Ax = self.matvec(x)
-        r = Ax - self.y
-        cost = 0.5 * float(r @ r)
+        r = self.residual(Ax)
+        cost = self.half_sq(r)
         if self._progress is not None:  # solvers update x in place: keep a copy for snapshots
             self._last = (np.array(x, dtype=np.float64), cost)
         return cost, self.rmatvec(r), Ax

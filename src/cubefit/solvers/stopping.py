@@ -43,7 +43,7 @@ class Convergence:
         if int(window) < 1:
             raise ValueError(f"window: expected at least 1 iteration, got {window!r}")
         self.gtol, self.ftol, self.window = float(gtol), float(ftol), int(window)
-        self.floor = np.finfo(np.float64).eps ** 2 * 0.5 * float(prob.y @ prob.y)
+        self.floor = np.finfo(np.float64).eps ** 2 * prob.cost_at_zero
         self.best: list[float] = []
 
     def settled(self) -> bool:

@@ -70,7 +70,7 @@ def nnls_working_set(A, y=None, *, x0=None, gtol: float = 1e-6, ftol: float = 1e
     b = prob.b
     tau = vtol * prob.grad0_norm
     x = np.zeros(n) if x0 is None else prob.check_x0(x0)
-    cost, grad = 0.5 * float(prob.y @ prob.y), -b
+    cost, grad = prob.cost_at_zero, -b
     W = np.flatnonzero(x > 0)
     cache = _ColumnCache(prob, column_cache_bytes)
     Q = cache.gram_rows(W[:0], W)
