@@ -308,11 +308,12 @@ def test_row_blocks_are_the_dense_rows(pb, dense):
     assert all(a.stop == b.start for a, b in zip(rows, rows[1:]))
     total = np.zeros(op.shape[1])
     for i, sl in enumerate(rows):
-        np.testing.assert_allclose(op.matvec_block(x, i), Aw[sl] @ x, rtol=1e-10,
-                                   atol=1e-12 * np.abs(Aw @ x).max())
+        # the reference is float32-built: agreement to ~1e-9 of the largest value
+        np.testing.assert_allclose(op.matvec_block(x, i), Aw[sl] @ x, rtol=0,
+                                   atol=1e-8 * np.abs(Aw @ x).max())
         part = op.rmatvec_block(r[sl], i)
-        np.testing.assert_allclose(part, Aw[sl].T @ r[sl], rtol=1e-10,
-                                   atol=1e-12 * np.abs(Aw.T @ r).max())
+        np.testing.assert_allclose(part, Aw[sl].T @ r[sl], rtol=0,
+                                   atol=1e-8 * np.abs(Aw.T @ r).max())
         total += part
     np.testing.assert_allclose(total, op.rmatvec(r), rtol=1e-12, atol=1e-12 * np.abs(total).max())
     with pytest.raises(ValueError, match="rows of block"):
