@@ -21,7 +21,6 @@ allocation, which costs more than the arithmetic on them; blocks of this size ar
 recycled by the allocator instead."""
 
 
-
 class ExplicitColumns:
     """Columns, Gram blocks and column energy of a :class:`cubefit.operator.LOSVDOperator`."""
 
