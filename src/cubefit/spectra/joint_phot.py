@@ -42,7 +42,8 @@ more than ``young_light_max`` of the spectrum-only fit's light, in which case th
 bands are dropped instead (bit 4).
 
 Errors: ``nmonte`` refits (warm-started, seeded) of the stacked data perturbed by its
-Gaussian errors give ``LOGMSTAR_IVAR``, ``TAU_V_JOINT_IVAR`` and the ``*_SYNTH_IVAR``
+Gaussian errors, each with the aperture correction recomputed from its perturbed g, r, z
+photometry, give ``LOGMSTAR_IVAR``, ``TAU_V_JOINT_IVAR`` and the ``*_SYNTH_IVAR``
 of absolute magnitudes.  χ² are reported apart: ``RCHI2_CONT_JOINT`` (spectral pixels,
 per degree of freedom: pixels − non-linear parameters − positive weights) and
 ``RCHI2_PHOT`` (per fitted band).
@@ -410,14 +411,20 @@ def _joint(res: PhotResult, spec, pt: PreparedTemplates, cont: ContinuumResult, 
     res.chi2_phot = float(st["resid"][n:] @ st["resid"][n:])
     res.npix = n
     res.dof_spec = n - (D + 1) - int(np.count_nonzero(w > 0))
-    # Monte Carlo: the stacked data perturbed by their errors, refitted from the optimum.
+    # Monte Carlo: the spectrum and every band perturbed by their errors; the aperture
+    # correction recomputed from the perturbed g, r, z (its noise moves the spectrum's level
+    # against the photometry); refitted from the optimum.
     rng = np.random.default_rng(opt.seed + (0 if spec.targetid is None else int(spec.targetid) % 2**31))
     mw, mt = np.zeros((opt.nmonte, sed.P)), np.zeros(opt.nmonte)
+    sig = 1.0 / np.sqrt(ph.ivar)
     for k in range(opt.nmonte):
-        rhs = prob.rhs + rng.standard_normal(prob.rhs.size)
+        dspec, dphot = rng.standard_normal(n), rng.standard_normal(ph.n)
+        rhs = prob.rhs + np.concatenate([dspec, dphot[fitted]])
+        prob.a = aperture_correction(dict(zip(ph.bands, ph.flux + sig * dphot)), res.flux_synth)[1]
         th_k, _ = prob.solve(theta, lo, hi, rhs)
         mt[k] = th_k[D]
         mw[k, use] = prob.evaluate(th_k, rhs)["w"] * mass_per_w[use]
+    prob.a = res.apercorr
     weights = np.zeros(sed.P)
     weights[use] = w * mass_per_w[use]
     model_flux = np.full(ph.n, np.nan)
