@@ -294,7 +294,8 @@ def test_templates_without_red_flux_are_left_out_or_keep_their_bands():
         flux = w @ pt.flux[:, 40:-40]
         spec = Spectrum([Camera("spec", wave, flux, np.full(wave.size, 1e2 / flux.mean() ** 2))], z=z, targetid=1)
         cont = ContinuumResult(targetid=1, z=z, camera_names=["spec"], n_templates=3, vel=0.0, sigma=5.0,
-                               mpoly=np.zeros(0), weights=w)
+                               mpoly=np.zeros(0), weights=w, theta=np.array([0.0, 5.0]),
+                               good=[np.ones(wave.size, bool)])
         phot = {"PHOTSYS": "S", "EBV": 0.0}
         model = rows_w @ np.r_[0.0, w[1:]] + (0.0 if flag == PHOT_FLAGS["templates_left_out"] else 0.0)
         for b, f in zip(BANDS, model):

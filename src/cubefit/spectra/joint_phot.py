@@ -14,8 +14,8 @@ flux per normalised template, for the *total* light of the galaxy)::
     band b:            A_bp(τ_V) = Σ_λ W_b(λ(1+z)) L_p(λ) e^{-τ_V k(λ)} / (4π d_L² (1+z))
 
 with ``T_p ⊛ L`` the template broadened by the LOSVD and binned/resolution-matched
-exactly as in the continuum fit (the rows come from
-:class:`cubefit.spectra.model.TargetModel` at the fitted v, σ [, h3, h4]), ``k`` the
+exactly as in the continuum fit, on the pixels it fitted (the rows come from
+:func:`cubefit.spectra.continuum.continuum_basis` at the fitted v, σ [, h3, h4]), ``k`` the
 Calzetti (2000) curve of both fits, ``L_p`` the same template in physical units
 (:class:`cubefit.spectra.sed.SEDTemplates`, matched by name) and ``W_b`` the band's
 synthetic-photometry weights.  ``M(x) = 1 + Σ_k m_k P_k(x)`` is the multiplicative
@@ -50,6 +50,7 @@ per degree of freedom: pixels − non-linear parameters − positive weights) an
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -59,14 +60,15 @@ from scipy.linalg import cho_factor, cho_solve
 from scipy.optimize import least_squares
 
 from ..solvers.exact import nnls_on_gram
-from .continuum import ContinuumOptions, ContinuumResult
-from .data import Spectrum
+from .continuum import ContinuumResult, continuum_basis
+from .data import Spectrum, air_to_vacuum
 from .derived import (PHOT_COLUMNS, aperture_correction, derived_row, get_cosmology, luminosity_distance_cm,
                       mc_ivar)
 from .filters import BANDS, OPTICAL_BANDS, band_support, filter_names
-from .model import TargetModel, TargetProblem
+from .model import TargetProblem
 from .photometry import Photometry, photometry_from_fibermap, spectrum_synth_flux
-from .sed import DEFAULT_TAU_MAX, L_SUN_ERG_S, PhotDesign, SEDFit, SEDTemplates, fit_photometry, sed_templates
+from .sed import (DEFAULT_TAU_MAX, L_SUN_ERG_S, PhotDesign, SEDFit, SEDTemplates, calzetti_k, fit_photometry,
+                  sed_templates)
 from .templates_prep import PreparedTemplates
 
 __all__ = ["PhotOptions", "PhotResult", "fit_with_photometry", "JOINT_STATUS", "PHOT_FLAGS"]
@@ -89,9 +91,7 @@ class PhotOptions:
     ``tau_max``: upper bound of τ_V.  ``mdegree``: degree of the spectrum's
     multiplicative polynomial (None: the spectrum-only fit's; 0: none).
     ``young_light_max``: light fraction above which templates without red flux are kept
-    and the red bands dropped.  ``continuum``: the :class:`ContinuumOptions` of the
-    spectrum-only fit (its emission-line windows and velocity bounds; default ones when
-    None).  ``sed``: photometric templates holding the spectral templates by name
+    and the red bands dropped.  ``sed``: photometric templates holding the spectral templates by name
     (default: the E-MILES SSPs, :func:`cubefit.spectra.sed.sed_templates`).
     ``flux_unit``: the spectrum's flux unit, erg s⁻¹ cm⁻² Å⁻¹.
     """
@@ -104,7 +104,6 @@ class PhotOptions:
     tau_max: float = DEFAULT_TAU_MAX
     mdegree: int | None = None
     young_light_max: float = 0.1
-    continuum: ContinuumOptions | None = None
     sed: SEDTemplates | None = None
     flux_unit: float = 1e-17
 
@@ -325,7 +324,7 @@ def fit_with_photometry(spec: Spectrum, templates: PreparedTemplates, continuum_
         except ValueError:
             res.flux_synth = {}
     res.apercorr_bands, res.apercorr = aperture_correction(dict(zip(ph.bands, ph.flux)), res.flux_synth)
-    if not cont.ok or cont.weights is None:
+    if not cont.ok or cont.weights is None or cont.theta is None:
         return _fail(res, "not_possible", f"no joint fit: the continuum fit failed ({cont.message})"[:160])
     if not (np.isfinite(res.z) and res.z > 0):
         return _fail(res, "not_possible", f"no joint fit at redshift {res.z!r}: luminosity distances need z > 0")
@@ -345,19 +344,9 @@ def _joint(res: PhotResult, spec, pt: PreparedTemplates, cont: ContinuumResult, 
            sed: SEDTemplates, opt: PhotOptions) -> PhotResult:
     z = res.z
     dl = luminosity_distance_cm(z, get_cosmology(opt.cosmology))
-    copt = opt.continuum or ContinuumOptions()
     mpoly0 = np.zeros(0) if cont.mpoly is None else np.asarray(cont.mpoly, dtype=np.float64)
     D = mpoly0.size if opt.mdegree is None else int(opt.mdegree)
-    moments = 4 if np.isfinite(cont.h3) else 2
-    model = TargetModel(spec, pt, moments=moments, degree=-1, mdegree=D, dust=True,
-                        line_half_width=copt.line_half_width, vel_max=copt.vel_max, sigma_max=copt.sigma_max)
-    kin = [cont.vel, cont.sigma] + ([cont.h3, cont.h4] if moments == 4 else [])
-    st = model.evaluate(np.r_[kin, np.zeros(D), 0.0])
-    cams = model.cameras
-    C = np.concatenate(st["cols"], axis=1)                                       # (P, n) at the kinematics
-    sw = np.concatenate([c.sw[c.good] for c in cams])
-    x = np.concatenate([c.x[c.good] for c in cams])
-    kd = np.concatenate([c.kdust[c.good] for c in cams])
+    C, sw, y, x, kd = _spectral_rows(spec, pt, cont)
     # Bands inside the templates; templates covering them (or red bands dropped).
     design = PhotDesign(sed, z, ph.filters, dl, tau_max=opt.tau_max)
     fitted = design.valid.copy()
@@ -391,7 +380,7 @@ def _joint(res: PhotResult, spec, pt: PreparedTemplates, cont: ContinuumResult, 
     # Weights per unit spectral weight: initial M_sun (spectral normalisation → physical).
     mass_per_w = opt.flux_unit * 4 * math.pi * dl**2 * (1.0 + z) / (L_SUN_ERG_S * sed.masses / pt.mass_per_weight)
     flux, ivar = ph.flux[fitted], ph.ivar[fitted]
-    prob = _Joint(C[use], sw, x, kd, model.y, res.apercorr, design, mass_per_w[use], flux, ivar, D)
+    prob = _Joint(C[use], sw, x, kd, y, res.apercorr, design, mass_per_w[use], flux, ivar, D)
     # Start: τ_V of a photometry-only fit of the same templates, the spectrum's polynomial
     # divided by that attenuation (its shape already holds the dust the spectrum saw).
     tau0 = _start_tau(ph, fitted, z, sed, use, dl, opt)
@@ -434,6 +423,28 @@ def _joint(res: PhotResult, spec, pt: PreparedTemplates, cont: ContinuumResult, 
                      n_fit=int(fitted.sum()), model_flux=model_flux, fitted=fitted, dropped=dropped,
                      templates=use, monte_weights=mw, monte_tau=mt)
     return res
+
+
+def _spectral_rows(spec: Spectrum, pt: PreparedTemplates, cont: ContinuumResult):
+    """The fitted pixels of the spectrum-only fit: ``C (P, n)`` every template at its
+    kinematics (LOSVD, binning, resolution; no polynomial, no attenuation:
+    :func:`cubefit.spectra.continuum.continuum_basis` at θ with those zeroed), ``sw``
+    √ivar, ``y`` the data times √ivar, ``x`` the Legendre coordinate of the fit's
+    polynomial (linear in ln λ over the fitted pixels) and ``kd`` A_λ/A_V (Calzetti)."""
+    k = 4 if np.isfinite(cont.h3) else 2
+    theta = np.array(cont.theta, dtype=np.float64)
+    theta[k:] = 0.0                                   # polynomial and τ_V (if fitted): none
+    basis = continuum_basis(spec, pt, dataclasses.replace(cont, theta=theta))
+    ln = [np.log(air_to_vacuum(c.wave) if spec.air else c.wave) - math.log1p(cont.z) for c in spec.cameras]
+    good = [np.asarray(g, dtype=bool) for g in cont.good]
+    C = np.concatenate([b[g] for b, g in zip(basis, good)]).T
+    sw = np.concatenate([np.sqrt(c.ivar[g]) for c, g in zip(spec.cameras, good)])
+    y = np.concatenate([c.flux[g] for c, g in zip(spec.cameras, good)]) * sw
+    lr = np.concatenate([v[g] for v, g in zip(ln, good)])
+    x = 2.0 * (lr - lr.min()) / (lr.max() - lr.min()) - 1.0 if lr.max() > lr.min() else np.zeros_like(lr)
+    if not np.all(np.isfinite(C)):
+        raise ValueError("the continuum basis is not finite on the fitted pixels")
+    return C, sw, y, x, calzetti_k(np.exp(lr))
 
 
 def _start_tau(ph, fitted, z, sed, use, dl, opt) -> float:
