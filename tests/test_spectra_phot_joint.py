@@ -231,6 +231,11 @@ def test_row_has_exactly_the_phot_columns_and_failures_say_why(galaxy, templates
     names = [c[0] for c in PHOT_COLUMNS]
     res = fit_with_photometry(spec, templates, cont, row)
     assert list(res.to_row()) == names and res.to_row()["NPIX_JOINT"] == res.npix > 0
+    # TAU_V_JOINT_IVAR from the Monte-Carlo refits; 0 ("not measured") when most sit at τ_V = 0.
+    res.fit.monte_tau = np.array([0.3, 0.5, 0.4, 0.6])
+    assert res.to_row()["TAU_V_JOINT_IVAR"] == pytest.approx(1 / np.var([0.3, 0.5, 0.4, 0.6], ddof=1))
+    res.fit.monte_tau = np.array([0.0, 0.0, 0.0, 0.02])
+    assert res.to_row()["TAU_V_JOINT_IVAR"] == 0.0
     # No Legacy Surveys photometry (PHOTSYS empty): status 3, blank columns.
     bad = fit_with_photometry(spec, templates, cont, {**row, "PHOTSYS": ""})
     r = bad.to_row()

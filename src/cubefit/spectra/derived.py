@@ -202,7 +202,8 @@ def phot_columns(bands=("G", "R", "Z", "W1", "W2", "W3", "W4"), joint: bool = Tr
                                     "keep those templates"),
             ("TAU_V_JOINT", "f8", "", "Calzetti (2000) V-band optical depth of the joint spectrum + "
                                       "photometry fit"),
-            ("TAU_V_JOINT_IVAR", "f8", "", "Inverse variance of TAU_V_JOINT (Monte Carlo; 0 when not run)"),
+            ("TAU_V_JOINT_IVAR", "f8", "", "Inverse variance of TAU_V_JOINT (Monte Carlo; 0 when not run or "
+                                           "when most refits end at TAU_V_JOINT = 0)"),
             ("RCHI2_CONT_JOINT", "f8", "", "Reduced chi^2 of the spectral pixels in the joint fit"),
             ("NPIX_JOINT", "i4", "", "Number of spectral pixels in the joint fit"),
         ]

@@ -176,7 +176,10 @@ class PhotResult:
             row[f"FLUX_SYNTH_{b}"] = self.flux_synth.get(b, math.nan)
         if self.status == 0:
             row["TAU_V_JOINT"] = self.tau_v
-            row["TAU_V_JOINT_IVAR"] = mc_ivar(self.fit.monte_tau)
+            mt = self.fit.monte_tau
+            # Most refits at the τ_V = 0 bound: the scatter says nothing of the error.
+            at_bound = mt.size and np.mean(mt < 1e-6) > 0.5
+            row["TAU_V_JOINT_IVAR"] = 0.0 if at_bound else mc_ivar(mt)
             row["RCHI2_CONT_JOINT"] = self.chi2_spec / self.dof_spec if self.dof_spec > 0 else math.nan
             row["NPIX_JOINT"] = int(self.npix)
         return {k: row[k] for k, *_ in PHOT_COLUMNS}
