@@ -255,6 +255,9 @@ def test_row_has_exactly_the_phot_columns_and_failures_say_why(galaxy, templates
     assert res.status == JOINT_STATUS["not_possible"] and "by name" in res.message
     with pytest.raises(ValueError, match="nmonte"):
         PhotOptions(nmonte=-1)
+    from cubefit.spectra import ContinuumOptions
+    with pytest.raises(TypeError, match="PhotOptions"):
+        fit_with_photometry(spec, templates, cont, row, ContinuumOptions())
 
 
 def test_bands_beyond_the_templates_are_flagged(galaxy, templates):

@@ -302,10 +302,14 @@ def fit_with_photometry(spec: Spectrum, templates: PreparedTemplates, continuum_
     ``spec``: the Milky-Way-corrected spectrum that ``continuum_result`` was fitted to
     with ``templates``; ``fibermap_row``: its DESI FIBERMAP row (astropy Row, numpy
     record or dict with ``FLUX_<band>``, ``FLUX_IVAR_<band>``, ``PHOTSYS``, ``EBV``) or an
-    already built :class:`~cubefit.spectra.photometry.Photometry`.  Never raises for a
-    problem of this target: the result carries ``status`` ≠ 0 and ``message``.
+    already built :class:`~cubefit.spectra.photometry.Photometry`; ``options`` a
+    :class:`PhotOptions` or None (defaults).  Never raises for a problem of this target:
+    the result carries ``status`` ≠ 0 and ``message``; ``TypeError`` for wrong options.
     """
-    opt = options or PhotOptions()
+    opt = PhotOptions() if options is None else options
+    if not isinstance(opt, PhotOptions):
+        raise TypeError(f"fit_with_photometry: options must be a PhotOptions (cosmology, floors, nmonte, seed, "
+                        f"...) or None, got {type(options).__name__}")
     cont = continuum_result
     res = PhotResult(targetid=spec.targetid, z=float(spec.z))
     if isinstance(fibermap_row, Photometry):
