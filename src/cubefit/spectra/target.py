@@ -139,9 +139,10 @@ def fastspec_columns(n_templates: int, camera_names, linelist: LineList | None =
         if joint:
             jc = joint_columns(linelist)
             extra["RCHI2_LINE"] = [jc[0]]
+            by_name = {c[0]: c for c in jc}
             for line in linelist:
-                extra[f"{line.column}_NPIX"] = [c for c in jc if c[0].startswith(f"{line.column}_")
-                                                and c[0].endswith(JOINT_SUFFIX)]
+                extra[f"{line.column}_NPIX"] = [by_name[f"{line.column}_{q}{JOINT_SUFFIX}"]
+                                                for q in ("FLUX", "FLUX_IVAR")]
         for c in emline_columns(linelist):
             cols.append(c)
             cols += extra.get(c[0], [])
