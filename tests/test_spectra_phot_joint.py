@@ -257,7 +257,9 @@ def test_row_has_exactly_the_phot_columns_and_failures_say_why(galaxy, templates
         PhotOptions(nmonte=-1)
     from cubefit.spectra import ContinuumOptions
     with pytest.raises(TypeError, match="PhotOptions"):
-        fit_with_photometry(spec, templates, cont, row, ContinuumOptions())
+        fit_with_photometry(spec, templates, cont, row, {"nmonte": 3})
+    same = fit_with_photometry(spec, templates, cont, row, ContinuumOptions())   # the defaults
+    assert same.ok and same.tau_v == fit_with_photometry(spec, templates, cont, row).tau_v
 
 
 def test_bands_beyond_the_templates_are_flagged(galaxy, templates):

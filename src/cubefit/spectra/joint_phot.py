@@ -60,7 +60,7 @@ from scipy.linalg import cho_factor, cho_solve
 from scipy.optimize import least_squares
 
 from ..solvers.exact import nnls_on_gram
-from .continuum import ContinuumResult, continuum_basis
+from .continuum import ContinuumOptions, ContinuumResult, continuum_basis
 from .data import Spectrum, air_to_vacuum
 from .derived import (PHOT_COLUMNS, aperture_correction, derived_row, get_cosmology, luminosity_distance_cm,
                       mc_ivar)
@@ -303,10 +303,13 @@ def fit_with_photometry(spec: Spectrum, templates: PreparedTemplates, continuum_
     with ``templates``; ``fibermap_row``: its DESI FIBERMAP row (astropy Row, numpy
     record or dict with ``FLUX_<band>``, ``FLUX_IVAR_<band>``, ``PHOTSYS``, ``EBV``) or an
     already built :class:`~cubefit.spectra.photometry.Photometry`; ``options`` a
-    :class:`PhotOptions` or None (defaults).  Never raises for a problem of this target:
+    :class:`PhotOptions` or None (defaults; a ``ContinuumOptions`` also means the
+    defaults: the continuum fit's options travel with ``continuum_result``).  Never raises for a problem of this target:
     the result carries ``status`` ≠ 0 and ``message``; ``TypeError`` for wrong options.
     """
-    opt = PhotOptions() if options is None else options
+    # The continuum fit's own options travel with its result: a ContinuumOptions given
+    # here (a caller passing the run's options along) means the default PhotOptions.
+    opt = PhotOptions() if options is None or isinstance(options, ContinuumOptions) else options
     if not isinstance(opt, PhotOptions):
         raise TypeError(f"fit_with_photometry: options must be a PhotOptions (cosmology, floors, nmonte, seed, "
                         f"...) or None, got {type(options).__name__}")
@@ -371,8 +374,8 @@ def _joint(res: PhotResult, spec, pt: PreparedTemplates, cont: ContinuumResult, 
             reach = band_support(ph.filters, threshold=_COVER)[:, 1] / (1.0 + z)
             red = fitted & (reach > sed.red_edge[left_out].min())
             for b in np.asarray(ph.bands)[red]:
-                dropped[b] = (f"reaches beyond {sed.red_edge[left_out].min():.0f} Å rest, where templates "
-                              f"carrying {100 * frac:.0f} % of the spectrum's light have no flux")
+                dropped[b] = (f"rest > {sed.red_edge[left_out].min():.0f} Å, where templates with "
+                              f"{100 * frac:.0f} % of the light have no flux")
             fitted &= ~red
             res.flag |= PHOT_FLAGS["red_bands_dropped"]
             design = PhotDesign(sed, z, [f for f, k in zip(ph.filters, fitted) if k], dl, tau_max=opt.tau_max)
