@@ -131,8 +131,8 @@ def check_settings(cfg: FastspecConfig, files: Sequence[SelectedFile] = ()):
         raise InputError(f"--emlines: {exc}") from None
     if cfg.qa is not None and Path(cfg.qa).exists() and not Path(cfg.qa).is_dir():
         raise InputError(f"--qa {cfg.qa}: this is a file; give a folder for the QA figures")
-    n = 1 + len(fastspec_columns(1, _run_cameras(files), linelist if cfg.emlines else None, joint=cfg.joint,
-                                 phot=_wants_photometry(files, cfg)))
+    n = len(fastspec_columns(1, _run_cameras(files), linelist if cfg.emlines else None, joint=cfg.joint,
+                             phot=_wants_photometry(files, cfg)))             # (TARGETID included)
     if n > MAX_FITS_COLUMNS:
         raise InputError(f"the catalogue would have {n} SPECPHOT columns ({len(linelist)} lines in "
                          f"{cfg.linelist or 'the line list'}), more than a FITS table holds "
