@@ -242,8 +242,7 @@ def bench_desi_lines(repeat):
     z = spec.z
     lam_gal = np.exp(ln_lam) / (1 + z)
     lam_l, spectra = emiles_linear(lam_gal[0] * 0.93, lam_gal[-1] * 1.07)
-    keep = slice(None)
-    tpl, ln_t, _ = util.log_rebin(air_to_vacuum(lam_l[keep]), spectra[keep], velscale=velscale / RATIO)
+    tpl, ln_t, _ = util.log_rebin(air_to_vacuum(lam_l), spectra, velscale=velscale / RATIO)
     tpl /= np.median(tpl)
     gas, comp, labels = ppxf_gas_templates(ln_t, (lam_gal[0], lam_gal[-1]), 1.8 / (1 + z))
     templates = np.column_stack([tpl, gas])
