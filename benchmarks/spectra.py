@@ -17,6 +17,15 @@ Issue #10, benchmark item.  One process, BLAS/OpenMP capped to one thread
   cameras, resolution matrices, the package's default settings); ours only — pPXF takes
   one spectrum on one log grid with one line-spread function, not three cameras with
   resolution matrices.
+* ``desi+lines`` (issue #11): the same DESI spectrum (~7,950 pixels, 3 cameras), fitted by
+  ``fastspec`` per target as in a run — continuum, then the emission lines (narrow fit and
+  broad-Balmer test), the line-subtracted Dn4000 and the catalogue row
+  (:func:`cubefit.spectra.target.fit_target`, no Monte Carlo, no QA figure, no
+  photometry) — next to pPXF 9.5.2 fitting the stars and the same gas lines together:
+  the 150 E-MILES SSPs plus one Gaussian template per narrow line of the package's line
+  list in range (doublets with a fixed ratio as one template, bounded ones free), in three
+  kinematic components (stars, Balmer/He recombination lines, forbidden lines), on the
+  cameras stitched and log-rebinned (as pPXF needs), multiplicative degree 10.
 
 Both fitters use the 150 E-MILES SSPs, template pixels of half the data's, the same fitted
 pixels (ours, passed to pPXF as ``goodpixels``) and no h3/h4 penalty (``bias=0``).
@@ -52,13 +61,14 @@ DESI = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "desi"
 DESI_TARGET = 39633345008634465
 
 
-def emiles_linear():
-    """Raw E-MILES SSPs (air, linear λ), ``(lam, (npix, 150))`` in the library's order."""
+def emiles_linear(lo=3300.0, hi=10000.0):
+    """Raw E-MILES SSPs (air, linear λ, ``lo``–``hi`` Å), ``(lam, (npix, 150))`` in the
+    library's order."""
     files = sorted(fetch_emiles().glob(EMILES_PATTERN),
                    key=lambda f: (parse_miles_name(f.name)["age"], parse_miles_name(f.name)["metal"]))
     h = fits.getheader(files[0])
     lam = h["CRVAL1"] + h["CDELT1"] * (np.arange(h["NAXIS1"]) + 1 - h.get("CRPIX1", 1))
-    keep = (lam > 3300) & (lam < 10000)
+    keep = (lam > lo) & (lam < hi)
     return lam[keep], np.array([fits.getdata(f)[keep] for f in files]).T
 
 
@@ -167,10 +177,114 @@ def bench_desi(repeat):
                 rchi2=res.rchi2, note="pPXF not run: three cameras with resolution matrices")
 
 
+def _stitched(spec):
+    """The DESI cameras stitched (b < 5800 Å < r < 7600 Å < z, observed) and log-rebinned
+    for pPXF: ``(flux, noise, ln_lam, velscale)``."""
+    import ppxf.ppxf_util as util
+    parts = []
+    for cam, lo, hi in zip(spec.cameras, (0, 5800, 7600), (5800, 7600, 1e5)):
+        sel = (cam.wave >= lo) & (cam.wave < hi)
+        parts.append((cam.wave[sel], cam.flux[sel], cam.ivar[sel]))
+    wave = np.concatenate([p[0] for p in parts])
+    flux = np.concatenate([p[1] for p in parts])
+    ivar = np.concatenate([p[2] for p in parts])
+    lin = np.linspace(wave[0], wave[-1], wave.size)
+    gal, ln_lam, velscale = util.log_rebin([wave[0], wave[-1]], np.interp(lin, wave, flux))
+    var = np.where(ivar > 0, 1 / np.where(ivar > 0, ivar, 1), 1e6)
+    v2, _, _ = util.log_rebin([wave[0], wave[-1]], np.interp(lin, wave, var))
+    return gal, np.sqrt(np.clip(v2, 1e-12, None)), ln_lam, float(velscale)
+
+
+def ppxf_gas_templates(ln_t, lam_range_rest, fwhm_rest):
+    """Gaussian gas templates for the narrow lines of the package's line list within
+    ``lam_range_rest``: one per free line (its fixed-ratio partners folded in), component
+    1 for the ``narrow_balmer`` group, 2 for ``narrow_forbidden``."""
+    import ppxf.ppxf_util as util
+    from cubefit.spectra.linelist import default_linelist
+    ll = default_linelist()
+    inside = [ln for ln in ll if lam_range_rest[0] < ln.restwave < lam_range_rest[1]
+              and ll.groups[ln.group].name in ("narrow_balmer", "narrow_forbidden")]
+    names = {ln.name for ln in inside}
+    cols, comp, labels = [], [], []
+    for ln in inside:
+        if ln.fixed_ratio and ln.partner in names:
+            continue                                   # folded into its partner's template
+        g = util.gaussian(ln_t, np.array([ln.restwave]), fwhm_rest, pixel=True)[:, 0]
+        for other in inside:
+            if other.fixed_ratio and other.partner == ln.name:
+                g = g + other.ratio * util.gaussian(ln_t, np.array([other.restwave]), fwhm_rest, pixel=True)[:, 0]
+        cols.append(g)
+        comp.append(1 if ln.group == "narrow_balmer" else 2)
+        labels.append(ln.name)
+    return np.column_stack(cols), np.array(comp), labels
+
+
+def bench_desi_lines(repeat):
+    """Continuum + lines per target (ours) next to pPXF stars + gas (module docstring)."""
+    from ppxf.ppxf import ppxf
+    import ppxf.ppxf_util as util
+    from cubefit.spectra.desi import select_desi
+    from cubefit.spectra.emlines import fit_emlines
+    from cubefit.spectra.linelist import default_linelist
+    from cubefit.spectra.target import fit_target
+    redrock = DESI / "redrock-4-80613-thru20210324.fits"
+    if not redrock.is_file():
+        return [dict(spectrum="desi+lines", note=f"{redrock} not found")]
+    spec = next(iter(select_desi(redrock, targetids=[DESI_TARGET]).spectra()))
+    pt = prepare_templates()
+    ll = default_linelist()
+    row, best = fit_target(spec, pt, linelist=ll, phot=False)          # warm-up (FFT cache)
+    cont = best.continuum
+    _, t_cont = timed(lambda: fit_continuum(spec, pt, mask_lines=ll), repeat)
+    _, t_lines = timed(lambda: fit_emlines(spec, cont.models, linelist=ll), repeat)
+    # pPXF: stitched, log-rebinned spectrum; the same SSPs and gas lines
+    gal, noise, ln_lam, velscale = _stitched(spec)
+    z = spec.z
+    lam_gal = np.exp(ln_lam) / (1 + z)
+    lam_l, spectra = emiles_linear(lam_gal[0] * 0.93, lam_gal[-1] * 1.07)
+    tpl, ln_t, _ = util.log_rebin(air_to_vacuum(lam_l), spectra, velscale=velscale / RATIO)
+    tpl /= np.median(tpl)
+    gas, comp, labels = ppxf_gas_templates(ln_t, (lam_gal[0], lam_gal[-1]), 1.8 / (1 + z))
+    templates = np.column_stack([tpl, gas])
+    component = np.concatenate([np.zeros(tpl.shape[1], dtype=int), comp])
+
+    def run_ppxf():
+        return ppxf(templates, gal, noise, velscale, [[0.0, 150.0], [0.0, 80.0], [0.0, 80.0]], moments=[2, 2, 2],
+                    degree=-1, mdegree=10, lam=lam_gal, lam_temp=np.exp(ln_t), component=component,
+                    gas_component=component > 0, gas_names=np.array(labels), velscale_ratio=RATIO, quiet=True)
+    pp = run_ppxf()
+    t_both, t_pp = [], []
+    for _ in range(repeat):
+        _, t = timed(lambda: fit_target(spec, pt, linelist=ll, phot=False), 1)
+        t_both += t
+        _, t = timed(run_ppxf, 1)
+        t_pp += t
+    to, tp = float(np.median(t_both)), float(np.median(t_pp))
+    gas_flux = dict(zip(labels, np.asarray(pp.gas_flux, dtype=float)))
+    return [
+        dict(spectrum="desi cont", npix=int(sum(c.npix for c in spec.cameras)), nfit=int(cont.npix),
+             ours_s=float(np.median(t_cont)), ours_per_s=1 / float(np.median(t_cont)), ours_nfev=int(cont.nfev),
+             note="continuum only (as in a run: line list masked)"),
+        dict(spectrum="desi lines", ours_s=float(np.median(t_lines)), ours_per_s=1 / float(np.median(t_lines)),
+             ours_nfev=int(best.lines.nfev), nlines=len(best.lines.fitted),
+             note="lines only, on the fitted continuum (narrow fit + broad test)"),
+        dict(spectrum="desi+lines", npix=int(sum(c.npix for c in spec.cameras)), nfit=int(cont.npix),
+             ntemplates=int(pt.P), ngas=int(gas.shape[1]), ours_s=to, ppxf_s=tp, ours_per_s=1 / to,
+             ppxf_per_s=1 / tp, speedup=tp / to, ours_nfev=int(cont.nfev), ppxf_nfev=int(pp.nfev),
+             sigma_ours=float(row["VDISP"]), sigma_ppxf=float(pp.sol[0][1]),
+             hbeta_ours=float(row["HBETA_FLUX"]), hbeta_ppxf=gas_flux.get("hbeta", float("nan")),
+             oiii_ours=float(row["OIII_5007_FLUX"]),
+             oiii_ppxf=gas_flux.get("oiii_4959", float("nan")) * 2.98 / 3.98,
+             halpha_ours=float(row["HALPHA_FLUX"]), halpha_ppxf=gas_flux.get("halpha", float("nan")),
+             note="continuum + lines + Dn4000 + row (fit_target) vs pPXF stars + gas"),
+    ]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeat", type=int, default=7, help="fits per spectrum and fitter (median)")
-    ap.add_argument("--only", default="sauron,sdss,desi", help="comma-separated spectra")
+    ap.add_argument("--only", default="sauron,sdss,desi,lines", help="comma-separated spectra "
+                    "(sauron, sdss, desi, lines: DESI continuum + lines next to pPXF stars + gas)")
     ap.add_argument("--json", help="write the numbers to this file")
     args = ap.parse_args(argv)
     only = args.only.split(",")
@@ -182,21 +296,34 @@ def main(argv=None) -> int:
                 rows.append(bench_pair(name, loader(), emiles, args.repeat))
         if "desi" in only:
             rows.append(bench_desi(args.repeat))
+        if "lines" in only:
+            rows += bench_desi_lines(args.repeat)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"continuum fit, one core ({platform.processor() or platform.machine()}, load {load:.2f}), "
           f"median of {args.repeat}")
-    print(f"{'spectrum':8} {'pix':>5} {'ours s':>8} {'pPXF s':>8} {'ours/s':>7} {'pPXF/s':>7} {'speedup':>7} "
+    print(f"{'spectrum':10} {'pix':>5} {'ours s':>8} {'pPXF s':>8} {'ours/s':>7} {'pPXF/s':>7} {'speedup':>7} "
           f"{'Δv km/s':>8} {'Δσ %':>6} {'nfev':>9}")
     for r in rows:
         if "ours_s" not in r:
-            print(f"{r['spectrum']:8} {r['note']}")
+            print(f"{r['spectrum']:10} {r['note']}")
             continue
-        pp = "ppxf_s" in r
-        print(f"{r['spectrum']:8} {r['nfit']:5d} {r['ours_s']:8.3f} "
+        pp = "ppxf_s" in r and "dv" in r
+        if r["spectrum"].startswith("desi ") or r["spectrum"] == "desi+lines":
+            pp_s = r.get("ppxf_s", float("nan"))
+            print(f"{r['spectrum']:10} {r.get('nfit', 0):5d} {r['ours_s']:8.3f} {pp_s:8.3f} {r['ours_per_s']:7.2f} "
+                  f"{1 / pp_s:7.2f} {pp_s / r['ours_s']:7.2f} {'':>8} {'':>6} {r['ours_nfev']:4d}/"
+                  f"{r.get('ppxf_nfev', 0):<4d}  {r['note']}")
+            continue
+        print(f"{r['spectrum']:10} {r['nfit']:5d} {r['ours_s']:8.3f} "
               f"{r['ppxf_s'] if pp else float('nan'):8.3f} {r['ours_per_s']:7.1f} "
               f"{r['ppxf_per_s'] if pp else float('nan'):7.1f} {r['speedup'] if pp else float('nan'):7.2f} "
               f"{r['dv'] if pp else float('nan'):8.2f} {r['dsigma_pct'] if pp else float('nan'):6.2f} "
               f"{r['ours_nfev']:4d}/{r['ppxf_nfev'] if pp else 0:<4d}" + ("" if pp else "  " + r["note"]))
+    for r in rows:
+        if r.get("spectrum") == "desi+lines":
+            print(f"\ndesi+lines: VDISP ours {r['sigma_ours']:.1f} km/s, pPXF {r['sigma_ppxf']:.1f}; fluxes "
+                  f"(1e-17 erg/s/cm2) Hβ {r['hbeta_ours']:.1f} / {r['hbeta_ppxf']:.1f}, [O III] 5007 "
+                  f"{r['oiii_ours']:.1f} / {r['oiii_ppxf']:.1f}, Hα {r['halpha_ours']:.1f} / {r['halpha_ppxf']:.1f}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(load=load, python=sys.version.split()[0], repeat=args.repeat, rows=rows), f, indent=1)

@@ -7,12 +7,13 @@ redshift per target, so every target builds its own design), fitted with
 :func:`cubefit.spectra.fastphot_cli.fastphot_target` (derived quantities included),
 with and without Monte-Carlo errors.  One BLAS thread.
 
-Joint-fit row: the cost of stacking 5 photometric rows under a DESI-sized spectral
-design (7781 pixels × 150 templates, :func:`cubefit.spectra.sed.stack_design`) next to
-one NNLS solve of the spectral design alone: the joint fit's extra cost per inner solve
-(the NNLS on 5 more rows costs the same to within its run-to-run variation).
+Joint-fit rows: the real DESI target fitted with the default E-MILES templates, the
+spectrum-only continuum fit (:func:`cubefit.spectra.continuum.fit_continuum`) next to
+the joint spectrum + photometry fit that follows it
+(:func:`cubefit.spectra.joint_phot.fit_with_photometry`, without and with 20 Monte-Carlo
+refits): seconds per target and the joint fit's cost relative to the spectrum-only fit.
 
-    python benchmarks/spectra_phot.py [--ntargets 200] [--json out.json]
+    python benchmarks/spectra_phot.py [--ntargets 200] [--repeat 5] [--json out.json]
 """
 from __future__ import annotations
 
@@ -29,14 +30,14 @@ DESI = Path(__file__).resolve().parents[2] / "shared" / "data" / "desi" / "coadd
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ntargets", type=int, default=200)
+    ap.add_argument("--repeat", type=int, default=5, help="timings of the joint fit averaged over this many runs")
     ap.add_argument("--json", default=None, help="write the table as JSON here")
     args = ap.parse_args(argv)
     from threadpoolctl import threadpool_limits
     threadpool_limits(1)
-    from scipy.optimize import nnls
     from cubefit.spectra.fastphot_cli import fastphot_target
     from cubefit.spectra.photometry import read_fibermap_photometry
-    from cubefit.spectra.sed import sed_templates, stack_design
+    from cubefit.spectra.sed import sed_templates
 
     t0 = time.perf_counter()
     sed = sed_templates()
@@ -58,30 +59,47 @@ def main(argv=None) -> int:
         rows.append({"case": f"fastphot, nmonte={nmonte}", "targets": args.ntargets, "ok": int(ok),
                      "seconds": dt, "targets_per_s_per_core": args.ntargets / dt,
                      "ms_per_target": 1e3 * dt / args.ntargets})
-    # Joint-fit inner solve: spectral NNLS with and without the photometric rows.
-    npix, P = 7781, 150
-    A = np.abs(rng.normal(1.0, 0.2, (npix, P)))
-    b = A @ np.where(rng.random(P) < 0.05, 1.0, 0.0) + rng.normal(0, 0.1, npix)
-    D = np.abs(rng.normal(3.0, 1.0, (5, P)))
-    f, iv = D @ np.full(P, 0.01), np.full(5, 100.0)
-    timing = {}
-    for name, fn in (("spectrum only", lambda: nnls(A, b)),
-                     ("stacking", lambda: stack_design(A, b, D, f, iv, apercorr=1.3))):
-        fn()
+    # Joint fit of the real target against its spectrum-only fit.
+    from astropy.table import Table
+    from cubefit.spectra import fit_continuum
+    from cubefit.spectra.desi import select_desi
+    from cubefit.spectra.joint_phot import PhotOptions, fit_with_photometry
+    from cubefit.spectra.templates_prep import prepare_templates_cached
+    pt = prepare_templates_cached()
+    redrock = DESI.with_name(DESI.name.replace("coadd-", "redrock-"))
+    spec = next(iter(select_desi(redrock).spectra()))
+    fm = Table.read(DESI, hdu="FIBERMAP")
+    fmrow = fm[list(fm["TARGETID"]).index(spec.targetid)]
+
+    def timed(fn):
+        fn()                                                              # warm caches
         t0 = time.perf_counter()
-        for _ in range(5):
-            fn()
-        timing[name] = (time.perf_counter() - t0) / 5
-    rows.append({"case": "stacking photometric rows / spectral NNLS (7781 px, 150 templates)",
-                 "spectrum_nnls_ms": 1e3 * timing["spectrum only"], "stacking_ms": 1e3 * timing["stacking"],
-                 "ratio": timing["stacking"] / timing["spectrum only"]})
+        for _ in range(args.repeat):
+            out = fn()
+        return (time.perf_counter() - t0) / args.repeat, out
+    t_cont, cont = timed(lambda: fit_continuum(spec, pt))
+    joint = {}
+    for nmonte in (0, 20):
+        joint[nmonte] = timed(lambda: fit_with_photometry(spec, pt, cont, fmrow, PhotOptions(nmonte=nmonte)))
+    r0 = joint[0][1].to_row()
+    rows.append({"case": "DESI target: spectrum-only fit vs joint spectrum + photometry fit",
+                 "continuum_s": t_cont, "joint_s": joint[0][0], "joint_nmonte20_s": joint[20][0],
+                 "joint_over_continuum": joint[0][0] / t_cont,
+                 "joint_nmonte20_over_continuum": joint[20][0] / t_cont,
+                 "LOGMSTAR": r0["LOGMSTAR"], "LOGMSTAR_err_nmonte20": joint[20][1].to_row()["LOGMSTAR_IVAR"] ** -0.5,
+                 "RCHI2_CONT": cont.rchi2, "RCHI2_CONT_JOINT": r0["RCHI2_CONT_JOINT"], "RCHI2_PHOT": r0["RCHI2_PHOT"],
+                 "APERCORR": r0["APERCORR"], "TAU_V_JOINT": r0["TAU_V_JOINT"], "NBAND_PHOT": r0["NBAND_PHOT"]})
     print(f"templates built in {t_templates:.2f} s (once per process)")
     print(f"{'case':52s} {'targets/s/core':>15s} {'ms/target':>10s}")
     for r in rows[:2]:
         print(f"{r['case']:52s} {r['targets_per_s_per_core']:15.1f} {r['ms_per_target']:10.2f}")
     j = rows[2]
-    print(f"{j['case']}: NNLS {j['spectrum_nnls_ms']:.1f} ms, stacking {j['stacking_ms']:.2f} ms "
-          f"(ratio {j['ratio']:.3f})")
+    print(f"{j['case']}:\n  spectrum-only {j['continuum_s']:.3f} s, joint {j['joint_s']:.3f} s "
+          f"({j['joint_over_continuum']:.2f}x), joint with 20 Monte-Carlo refits {j['joint_nmonte20_s']:.3f} s "
+          f"({j['joint_nmonte20_over_continuum']:.2f}x)")
+    print(f"  LOGMSTAR {j['LOGMSTAR']:.3f} +- {j['LOGMSTAR_err_nmonte20']:.3f}, APERCORR {j['APERCORR']:.3f}, "
+          f"TAU_V_JOINT {j['TAU_V_JOINT']:.3f}, RCHI2_CONT {j['RCHI2_CONT']:.3f} -> joint {j['RCHI2_CONT_JOINT']:.3f}, "
+          f"RCHI2_PHOT {j['RCHI2_PHOT']:.2f} over {j['NBAND_PHOT']} bands")
     if args.json:
         Path(args.json).write_text(json.dumps({"templates_s": t_templates, "rows": rows}, indent=2))
     return 0

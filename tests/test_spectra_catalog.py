@@ -121,3 +121,29 @@ def test_docs_list_every_column_with_its_unit():
             assert f"`{name}`" in text, name
         else:
             assert f"| `{name}` | {unit or '—'} |" in text, name
+
+
+def test_docs_list_every_fastspec_column_with_its_unit():
+    """Every SPECPHOT column of a run with lines and --joint (photometry aside: its own
+    page) is documented with its unit: the continuum ones in docs/spectra.md, the line
+    ones in docs/spectra-lines.md (per group as `<GROUP>_X`, per line as `<LINE>_X`)."""
+    from pathlib import Path
+    from cubefit.spectra.continuum import continuum_columns
+    from cubefit.spectra.linelist import default_linelist
+    from cubefit.spectra.target import fastspec_columns
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    main, lines = (docs / "spectra.md").read_text(), (docs / "spectra-lines.md").read_text()
+    ll = default_linelist()
+    cont = {c[0] for c in continuum_columns(150, ("b", "r", "z"))}
+    for name, _, unit, _ in fastspec_columns(150, ("b", "r", "z"), ll, joint=True):
+        if name in cont:
+            continue                       # the test above
+        row = f"| `{name}` | {unit or '—'} |"
+        for prefix in [g.upper() for g in ll.groups] + [line.column for line in ll]:
+            if name.startswith(prefix + "_"):          # (HGAMMA_BROAD_FLUX: the HGAMMA_BROAD line)
+                kind = "GROUP" if prefix.lower() in ll.groups else "LINE"
+                generic = f"| `<{kind}>_{name[len(prefix) + 1:]}` | {unit or '—'} |"
+                if generic in lines:
+                    row = generic
+                    break
+        assert row in main or row in lines, (name, row)

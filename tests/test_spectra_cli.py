@@ -25,11 +25,14 @@ def _run(capsys, *args):
 @pytest.mark.network
 def test_real_desi_galaxy(tmp_path, capsys):
     """TARGETID 39633345008634465 (z = 0.3687): fitted, χ²/dof in [0.8, 1.5], σ with a
-    finite error, a catalogue astropy opens with units.  pPXF's SDSS spectrum of NGC 3522
-    rides along in the same catalogue: its σ within 15 % of the SDSS pipeline's VDISP."""
+    finite error, a catalogue astropy opens with units; Hβ, [O III] 5007, [O II] 3726,3729
+    and Hα measured with their S/N, and the QA figure written.  pPXF's SDSS spectrum of
+    NGC 3522 rides along in the same catalogue: its σ within 15 % of the SDSS pipeline's
+    VDISP."""
     sdss = Path(pytest.importorskip("ppxf").__file__).parent / "spectra" / "NGC3522_SDSS_DR18.fits"
     out = tmp_path / "fastspec.fits"
-    code, stdout, err = _run(capsys, REDROCK, sdss, "-o", out, "--models")
+    qa = tmp_path / "qa"
+    code, stdout, err = _run(capsys, REDROCK, sdss, "-o", out, "--models", "--qa", qa, "--no-phot")
     assert code == 0, err
     assert f"{out}: 2 target(s)" in stdout
     meta = Table.read(out, hdu="METADATA")
@@ -45,9 +48,20 @@ def test_real_desi_galaxy(tmp_path, capsys):
     assert spec["VDISP"].unit == "km / s"
     for name in spec.colnames:
         assert spec[name].description, name
+    # the lines, with S/N well above detection (measured: Hβ 107, [O III] 205, [O II] 59/74, Hα 239)
+    assert spec["EMLINE_STATUS"][0] == 0 and spec["BROAD_BALMER"][0] == 0
+    for line, low in (("HBETA", 50), ("OIII_5007", 100), ("OII_3726", 25), ("OII_3729", 30), ("HALPHA", 100)):
+        flux, ivar = float(spec[f"{line}_FLUX"][0]), float(spec[f"{line}_FLUX_IVAR"][0])
+        assert flux * np.sqrt(ivar) > low, (line, flux, ivar)
+        assert spec[f"{line}_FLUX"].unit == "1e-17 erg / (s cm2)"
+    assert 3.0 < spec["HALPHA_FLUX"][0] / spec["HBETA_FLUX"][0] < 5.0          # Balmer decrement ≥ 2.86
+    assert spec["DN4000"][0] > spec["DN4000_OBS"][0]          # [Ne III], H8, Hε no longer fill the blue window
+    png = qa / f"qa-{TARGETID}.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 50_000
     with fits.open(out) as h:
         models = h["MODELS"].data
         assert models["CONTINUUM_B"].shape == (2, 2751) and np.isfinite(models["CONTINUUM_R"][0]).all()
+        assert models["EMLINES_R"][0].max() > 5 and np.isnan(models["EMLINES_B"][1]).all()
         assert np.isnan(models["CONTINUUM_B"][1]).all()                 # the SDSS target has no b
         assert models["CONTINUUM_SDSS"].shape == (2, 3815) and np.isnan(models["CONTINUUM_SDSS"][0]).all()
         sdss_vdisp = float(h["SPECPHOT"].data["VDISP"][1])
@@ -72,6 +86,8 @@ def test_file_level_problems_stop_before_writing(tmp_path, capsys):
     lonely = tmp_path / "sub" / "redrock-lonely.fits"
     lonely.parent.mkdir()
     lonely.write_bytes(rr_a.read_bytes())
+    bad_list = tmp_path / "bad.ecsv"
+    bad_list.write_text("name restwave\nhalpha 6564.61\n")
     cases = [
         ((lonely, "-o", out), [str(lonely.parent / "coadd-lonely.fits"), "not found", "--coadd"]),
         ((rr_a, "--coadd", co_b, "-o", out), ["coadd-b.fits", "do not match", "redrock-a.fits", "--coadd"]),
@@ -81,6 +97,10 @@ def test_file_level_problems_stop_before_writing(tmp_path, capsys):
          ["2 value(s) for 1 --targetids"]),
         ((tmp_path / "nope.fits", "-o", out), ["nope.fits", "not found"]),
         ((rr_a, "-o", tmp_path / "no" / "out.fits"), ["does not exist", "create it"]),
+        ((rr_a, "-o", out, "--emlines", tmp_path / "none.ecsv"), ["--emlines", "none.ecsv", "no such file"]),
+        ((rr_a, "-o", out, "--emlines", bad_list), ["--emlines", "bad.ecsv", "ECSV"]),
+        ((rr_a, "-o", out, "--qa", rr_a), ["--qa", "is a file", "folder"]),
+        ((rr_a, "-o", out, "--nmonte", "-1"), ["nmonte=-1"]),
     ]
     for args, words in cases:
         code, _, err = _run(capsys, *args)
@@ -128,3 +148,5 @@ def test_target_level_problems_become_rows(tmp_path, capsys):
     for k in range(1, 5):
         assert str(tids[k]) in message[k] and "coadd-4-80613-fake.fits" in message[k], message[k]
         assert np.isnan(spec["VDISP"][k])
+        assert spec["EMLINE_STATUS"][k] == -1 and np.isnan(spec["HALPHA_FLUX"][k])   # lines not attempted
+    assert spec["EMLINE_STATUS"][0] == 0 and spec["HALPHA_FLUX"][0] > 0

@@ -23,18 +23,24 @@ def _ppxf_spectrum(name):
 
 # ----------------------------------------------------------------------------- extinction
 def test_fitzpatrick99_spline_anchors():
-    """A(λ)/E(B-V) at the optical/IR spline anchors of Fitzpatrick (1999), evaluated
-    from the paper's R_V polynomials at R_V = 3.1 (6000, 5470, 4670, 4110 Å) and its
-    IR anchors 0.26469 R_V/3.1, 0.82925 R_V/3.1 (26500, 12200 Å)."""
+    """A(λ)/E(B-V)_SFD is the Fitzpatrick (1999) curve at its spline anchors, evaluated from
+    the paper's R_V polynomials at R_V = 3.1 (6000, 5470, 4670, 4110 Å) and its IR anchors
+    0.26469 R_V/3.1, 0.82925 R_V/3.1 (26500, 12200 Å), times one factor: the Schlafly &
+    Finkbeiner (2011) calibration DESI applies (desiutil.dust), A(1 µm) = 1.029 E(B-V)_SFD."""
+    from cubefit.spectra.extinction import mw_extinction_curve, sfd_recalibration
     rv, ebv = 3.1, 0.1
-    ref = [np.polyval([2.13572e-04, 1.00270, -4.22809e-01], rv),
-           np.polyval([-7.35778e-05, 1.00216, -5.13540e-02], rv),
-           np.polyval([-3.32598e-05, 1.00184, 7.00127e-01], rv),
-           np.polyval([-4.45636e-05, 7.97809e-04, -5.46959e-03, 1.01707, 1.19456], rv),
-           0.26469, 0.82925]
+    ref = np.array([np.polyval([2.13572e-04, 1.00270, -4.22809e-01], rv),
+                    np.polyval([-7.35778e-05, 1.00216, -5.13540e-02], rv),
+                    np.polyval([-3.32598e-05, 1.00184, 7.00127e-01], rv),
+                    np.polyval([-4.45636e-05, 7.97809e-04, -5.46959e-03, 1.01707, 1.19456], rv),
+                    0.26469, 0.82925])
     wave = np.array([6000.0, 5470.0, 4670.0, 4110.0, 26500.0, 12200.0])
     k = -2.5 * np.log10(mw_transmission(wave, ebv)) / ebv
-    np.testing.assert_allclose(k, ref, atol=2e-3)
+    scale = sfd_recalibration(rv)
+    np.testing.assert_allclose(k, scale * ref, atol=2e-3)
+    assert mw_extinction_curve([1e4], rv)[0] == pytest.approx(1.029, rel=1e-12)
+    # ≈ the "0.86" of the paper's abstract (the monochromatic definition gives 0.88 with F99).
+    assert 0.85 < scale < 0.89
     assert np.all(mw_transmission([3600.0, 9800.0], 0.0) == 1.0)
     with pytest.raises(ValueError, match="E\\(B-V\\)"):
         mw_transmission([5000.0], -0.1)

@@ -11,8 +11,10 @@ HDUs
              not be fitted has ``STATUS ≠ 0``, a ``MESSAGE`` saying
              why, and blank (NaN) values elsewhere.
 ``MODELS``   optional: per camera ``X`` the columns ``WAVE_X`` (Å, observed frame,
-             vacuum) and ``CONTINUUM_X`` (best-fit continuum on that camera's pixels, in
-             the Milky-Way-corrected flux unit); NaN where the camera was not fitted.
+             vacuum), ``CONTINUUM_X`` (best-fit continuum on that camera's pixels, in
+             the Milky-Way-corrected flux unit) and, when lines were fitted,
+             ``EMLINES_X`` (the emission-line model on those pixels); NaN where the
+             camera (or its lines) was not fitted.
 
 Every column carries a unit (where it has one) and a description, both in astropy's
 serialisation and as the comment of its ``TTYPEn`` card.  The file is written to a
@@ -107,7 +109,9 @@ def specphot_table(rows: Sequence[dict], columns: Sequence[tuple]):
 
 def models_table(targetids: Sequence[int], models: Sequence[dict]):
     """The MODELS table: one row per target; ``models[k]`` maps a camera name to
-    ``(wave, continuum)`` arrays (absent cameras and failed targets are NaN).
+    ``(wave, continuum)`` or ``(wave, continuum, lines)`` arrays (``lines`` may be None;
+    absent cameras, failed targets and missing line models are NaN).  The ``EMLINES_X``
+    columns exist when some target has a line model.
 
     A camera whose pixel count is the same for every target gets fixed-length vector
     columns; otherwise (e.g. SDSS spectra of different lengths) variable-length ones.
@@ -115,6 +119,9 @@ def models_table(targetids: Sequence[int], models: Sequence[dict]):
     from astropy.table import Column, Table
     t = Table()
     t["TARGETID"] = Column(np.asarray(targetids, dtype=np.int64), description="Unique target identifier")
+    def part(m, cam, j):
+        return m[cam][j] if cam in m and len(m[cam]) > j else None
+
     cams = []
     for m in models:
         cams += [c for c in m if c not in cams]
@@ -122,11 +129,15 @@ def models_table(targetids: Sequence[int], models: Sequence[dict]):
         lengths = {len(m[cam][0]) for m in models if cam in m}
         fixed = len(lengths) == 1
         n = lengths.pop() if fixed else 0
-        for j, (prefix, dtype, unit, desc) in enumerate((
-                ("WAVE", "f8", "Angstrom", f"Observed vacuum wavelength of camera {cam}'s pixels"),
-                ("CONTINUUM", "f4", "", f"Best-fit stellar continuum on camera {cam}'s pixels, in the "
-                                         "input flux unit after the Milky-Way correction"))):
-            vals = [np.asarray(m[cam][j], dtype=dtype) if cam in m else np.full(n, np.nan, dtype=dtype)
+        kinds = [("WAVE", "f8", "Angstrom", f"Observed vacuum wavelength of camera {cam}'s pixels"),
+                 ("CONTINUUM", "f4", "", f"Best-fit stellar continuum on camera {cam}'s pixels, in the "
+                                          "input flux unit after the Milky-Way correction")]
+        if any(part(m, cam, 2) is not None for m in models):
+            kinds.append(("EMLINES", "f4", "", f"Best-fit emission-line model on camera {cam}'s pixels "
+                                                "(same unit as CONTINUUM)"))
+        for j, (prefix, dtype, unit, desc) in enumerate(kinds):
+            vals = [np.asarray(part(m, cam, j), dtype=dtype) if part(m, cam, j) is not None else
+                    np.full(n if fixed else (len(m[cam][0]) if cam in m else 0), np.nan, dtype=dtype)
                     for m in models]
             name = f"{prefix}_{cam.upper()}"
             if fixed:
@@ -229,21 +240,25 @@ def write_catalog(path, metadata, specphot, models=None, header: dict | None = N
 
 def read_catalog(path) -> dict:
     """``{"METADATA": Table, "SPECPHOT": Table[, "MODELS": Table], "header": Header}``
-    (NaN stays NaN: blank values are not turned into masked entries; ``dex`` columns get
-    astropy's ``u.dex``)."""
+    (NaN stays NaN: blank values are not turned into masked entries; units the FITS
+    standard does not list — ``dex``, ``dex(solMass)``, ``nmgy`` — are parsed with
+    astropy's generic format)."""
     import warnings
     import astropy.units as u
     from astropy.io import fits
     from astropy.table import Table
     out = {}
     with fits.open(path) as hdul, warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="'dex' did not parse as fits unit")
+        warnings.filterwarnings("ignore", category=u.UnitsWarning)
         out["header"] = hdul[0].header.copy()
         for name in ("METADATA", "SPECPHOT", "MODELS"):
             if name in hdul:
                 t = Table.read(hdul[name], mask_invalid=False)
                 for col in t.itercols():
-                    if isinstance(col.unit, u.UnrecognizedUnit) and str(col.unit) == "dex":
-                        col.unit = u.dex
+                    if isinstance(col.unit, u.UnrecognizedUnit):
+                        try:
+                            col.unit = u.Unit(str(col.unit))
+                        except ValueError:
+                            pass        # left as astropy found it
                 out[name] = t
     return out

@@ -12,9 +12,9 @@ import textwrap
 
 __all__ = ["add_parser", "build_parser", "main"]
 
-DESCRIPTION = ("Fit the stellar continuum and kinematics of every selected target of DESI "
-               "Redrock + coadd files (or SDSS spec-*.fits files, or FITS tables with WAVELENGTH, "
-               "FLUX, IVAR columns) and write one catalogue (METADATA, SPECPHOT[, MODELS]). "
+DESCRIPTION = ("Fit the stellar continuum and kinematics, then the emission lines, of every selected "
+               "target of DESI Redrock + coadd files (or SDSS spec-*.fits files, or FITS tables with "
+               "WAVELENGTH, FLUX, IVAR columns) and write one catalogue (METADATA, SPECPHOT[, MODELS]). "
                "Under mpiexec, the input files are shared among the ranks and OUTPUT is a folder "
                "receiving one fastspec-<input>.fits per input file.")
 
@@ -22,6 +22,7 @@ EPILOG = textwrap.dedent("""\
     examples:
       fastspec redrock-main-bright-10032.fits -o fastspec.fits --mp 4
       fastspec redrock-4-80613-thru20210324.fits --targetids 39633345008634465 -o one.fits
+      fastspec redrock-X.fits -o out.fits --nmonte 50 --seed 3 --qa qa/ --joint
       mpiexec -n 8 cubefit fastspec redrock-*.fits -o out/ --mp 4
     exit codes: 0 written (failed targets have STATUS != 0), 1 bad input (nothing written), 2 usage.""")
 
@@ -67,7 +68,28 @@ def _arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mdegree", type=int, default=None,
                    help="degree of the multiplicative Legendre polynomial (0: none; default: the "
                         "fitter's, one degree per 1000 A of rest-frame range)")
-    p.add_argument("--models", action="store_true", help="also write the best-fit continuum (MODELS HDU)")
+    p.add_argument("--emlines", default=None, metavar="FILE",
+                   help="ECSV line list replacing the packaged one (the lines fitted and the lines "
+                        "masked by the continuum fit; layout of cubefit/spectra/resources/emlines.ecsv)")
+    p.add_argument("--no-emlines", dest="fit_emlines", action="store_false",
+                   help="fit the continuum only (default: the emission lines too)")
+    p.add_argument("--allow-absorption", action="store_true",
+                   help="let emission-line amplitudes be negative (default: >= 0)")
+    p.add_argument("--joint", action="store_true",
+                   help="also refit template weights and line fluxes together at fixed kinematics "
+                        "(stars + gas): _JOINT columns next to the line-only ones")
+    p.add_argument("--nmonte", type=int, default=0, metavar="N",
+                   help="Monte-Carlo realisations per target for the _IVAR columns of the continuum "
+                        "and the lines (default: 0, formal errors)")
+    p.add_argument("--seed", type=int, default=1,
+                   help="seed of the Monte-Carlo noise (with each TARGETID; default: 1)")
+    p.add_argument("--qa", default=None, metavar="DIR",
+                   help="write one QA figure per target, DIR/qa-<TARGETID>.png (made by the workers)")
+    p.add_argument("--phot", action=argparse.BooleanOptionalAction, default=None,
+                   help="joint fit with the broadband photometry of the DESI FIBERMAP (default: on "
+                        "when the FIBERMAP has photometry)")
+    p.add_argument("--models", action="store_true",
+                   help="also write the best-fit continuum and line model (MODELS HDU)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output catalogue(s)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -78,8 +100,10 @@ def run(args) -> int:
     from .config import FastspecConfig
     from .pipeline import run_fastspec
     settings = dict(zmin=args.zmin, zwarnmax=args.zwarnmax, templates=args.templates, mp=args.mp,
-                    models=args.models)
-    cfg = FastspecConfig(**{k: v for k, v in settings.items() if v is not None})
+                    models=args.models, emlines=args.fit_emlines, linelist=args.emlines,
+                    allow_absorption=args.allow_absorption, joint=args.joint, nmonte=args.nmonte,
+                    seed=args.seed, qa=args.qa)
+    cfg = FastspecConfig(**{k: v for k, v in settings.items() if v is not None}, phot=args.phot)
     given = {k: getattr(args, k) for k in ("degree", "mdegree") if getattr(args, k) is not None}
     options = None                      # the fitter's defaults
     if given:

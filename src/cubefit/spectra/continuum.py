@@ -36,7 +36,7 @@ from .indices import dn4000
 from .model import STATUS, TargetModel, TargetProblem
 from .templates_prep import PreparedTemplates, prepare_templates_cached
 
-__all__ = ["ContinuumOptions", "ContinuumResult", "fit_continuum", "fit_spectrum",
+__all__ = ["ContinuumOptions", "ContinuumResult", "fit_continuum", "fit_spectrum", "continuum_basis",
            "continuum_columns", "CONTINUUM_COLUMNS", "VDISP_FLAGS"]
 
 VDISP_FLAGS = {"data_finer_than_templates": 1, "template_limited": 2, "at_upper_bound": 4}
@@ -141,6 +141,9 @@ class ContinuumResult:
     ``weights (P,)`` template weights; ``models`` one ``(npix,)`` best-fit continuum
     per camera (data units, NaN outside the templates); ``good`` the fitted-pixel
     mask of each camera; ``status``/``message`` as in :data:`model.STATUS`.
+    ``theta`` the non-linear parameters in :class:`~cubefit.spectra.model.TargetModel`
+    order, ``candidates`` the templates the search used (both for warm starts),
+    ``options`` and ``mask_lines`` the settings of the fit (for :func:`continuum_basis`).
     """
 
     targetid: int | None
@@ -177,6 +180,10 @@ class ContinuumResult:
     ml_v: float = math.nan
     models: list = field(default_factory=list)
     good: list = field(default_factory=list)
+    theta: np.ndarray | None = None
+    candidates: np.ndarray | None = None
+    options: ContinuumOptions | None = None
+    mask_lines: tuple | None = None
 
     @property
     def ok(self) -> bool:
@@ -220,9 +227,70 @@ def _snr(cam: Camera) -> float:
     return float(np.median(cam.flux[ok] * np.sqrt(cam.ivar[ok]))) if ok.any() else math.nan
 
 
+def _mask_wavelengths(mask_lines):
+    """Rest vacuum wavelengths (Å) of the lines to mask: a LineList, a sequence, or None
+    (the packaged list)."""
+    if mask_lines is None:
+        return None
+    if hasattr(mask_lines, "lines"):
+        return tuple(float(line.restwave) for line in mask_lines)
+    return tuple(float(x) for x in mask_lines)
+
+
+def _target_model(spec, templates, opt, mask_lines, mdegree=None):
+    return TargetModel(spec, templates, moments=opt.moments, degree=opt.degree,
+                       mdegree=opt.mdegree if mdegree is None else mdegree, dust=opt.dust,
+                       line_half_width=opt.line_half_width, vel_max=opt.vel_max,
+                       sigma_max=opt.sigma_max, mask_lines=mask_lines)
+
+
+LOOSE_TOL = 1e-4
+"""``ftol``/``xtol`` of the first search on the screened templates (later ones use the
+options' tolerances)."""
+
+SUBSET_MAX_FRACTION = 1 / 3
+"""The search uses a screened subset only when it holds at most this fraction of the
+templates: a subset is several times cheaper per evaluation but its landscape has more
+kinks (where templates outside it would enter), which can cost extra evaluations."""
+
+SCREEN_MIN = 24
+"""Templates besides the active ones kept in the search (at least; module docstring of
+:func:`fit_continuum`)."""
+
+
+def _screen(model: TargetModel, x, keep=()) -> np.ndarray:
+    """Indices (into all templates) of the active templates at ``x`` (all templates in
+    use), the templates of ``keep`` and the ``max(SCREEN_MIN, n_active)`` inactive ones
+    nearest to entering the fit (smallest normalised NNLS multiplier)."""
+    gaps = model.kkt_gaps(x)
+    w = model.evaluate(x)["ws"]
+    active = np.flatnonzero(w > 0)
+    inactive = np.flatnonzero(w <= 0)
+    near = inactive[np.argsort(gaps[inactive], kind="stable")[:max(SCREEN_MIN, active.size)]]
+    return np.union1d(np.union1d(active, near), np.asarray(keep, dtype=np.intp))
+
+
 def fit_continuum(spec: Spectrum, templates: PreparedTemplates,
-                  options: ContinuumOptions | None = None) -> ContinuumResult:
+                  options: ContinuumOptions | None = None, *, start: ContinuumResult | None = None,
+                  mask_lines=None) -> ContinuumResult:
     """Fit the stellar continuum and kinematics of ``spec`` (module docstring).
+
+    ``start``: a previous result for the same target and settings (a Monte-Carlo refit of
+    a noisy copy): the search starts from its non-linear parameters (clipped into the
+    bounds) and its templates.  ``mask_lines``: the emission lines masked, a
+    :class:`~cubefit.spectra.linelist.LineList` or rest vacuum wavelengths (Å); default
+    the packaged line list, the one :func:`cubefit.spectra.emlines.fit_emlines` fits.
+
+    For speed the search runs on a subset of the templates when that leaves most of them
+    out (:data:`SUBSET_MAX_FRACTION`): the active ones at the start point plus those
+    nearest to entering the fit (:data:`SCREEN_MIN`, by their NNLS multipliers) — with
+    the 150 E-MILES SSPs, of which a handful carry weight, each evaluation then convolves
+    a fifth of them.  A cold start first searches loosely (:data:`LOOSE_TOL`), screens
+    again near the optimum, then searches with the options' tolerances.  At the end the
+    linear problem is solved with every template; if a template outside the subset
+    enters, it is added and the search resumes from there.  The result is therefore the
+    optimum of the full problem: where the full solution uses only templates of the
+    subset, the two problems have the same residual and Jacobian.
 
     Never raises for a problem of this target: the result carries ``status`` ≠ 0
     and ``message``.  ``ValueError`` only for wrong arguments (options, types).
@@ -230,13 +298,14 @@ def fit_continuum(spec: Spectrum, templates: PreparedTemplates,
     opt = options or ContinuumOptions()
     if not isinstance(spec, Spectrum) or not isinstance(templates, PreparedTemplates):
         raise ValueError("fit_continuum(spec: Spectrum, templates: PreparedTemplates, options)")
+    lines = _mask_wavelengths(mask_lines)
     res = ContinuumResult(targetid=spec.targetid, z=float(spec.z),
                           camera_names=[c.name for c in spec.cameras], n_templates=templates.P,
-                          snr={c.name: _snr(c) for c in spec.cameras})
+                          snr={c.name: _snr(c) for c in spec.cameras}, options=opt, mask_lines=lines)
+    warm = start is not None and start.status == 0 and start.theta is not None
     try:
-        model = TargetModel(spec, templates, moments=opt.moments, degree=opt.degree,
-                            mdegree=opt.mdegree, dust=opt.dust, line_half_width=opt.line_half_width,
-                            vel_max=opt.vel_max, sigma_max=opt.sigma_max)
+        model = _target_model(spec, templates, opt, lines,
+                              mdegree=start.mpoly.size if warm and start.mpoly is not None else None)
     except TargetProblem as err:
         res.status, res.message = err.status, str(err)
         return res
@@ -249,12 +318,37 @@ def fit_continuum(spec: Spectrum, templates: PreparedTemplates,
     if opt.dust:
         lo, hi, x0 = lo + [0.0], hi + [opt.tau_max], x0 + [0.1]
     lo, hi = np.array(lo), np.array(hi)
-    x0 = np.clip(np.array(x0), lo + 1e-6 * (hi - lo), hi - 1e-6 * (hi - lo))
+    if warm and start.theta.size == lo.size:
+        x0 = start.theta
+    x = np.clip(np.array(x0, dtype=np.float64), lo + 1e-6 * (hi - lo), hi - 1e-6 * (hi - lo))
     try:
-        sol = least_squares(model.residual, x0, jac=model.jacobian, bounds=(lo, hi),
-                            method="trf", x_scale="jac", ftol=opt.ftol, xtol=opt.xtol, gtol=1e-10,
-                            max_nfev=opt.max_nfev)
-        x = sol.x
+        subset = _screen(model, x, keep=start.candidates if warm and start.candidates is not None else ())
+        if subset.size > SUBSET_MAX_FRACTION * templates.P:
+            subset = None                     # too little to gain: search on every template
+        # A cold start is far from the optimum: first a loose search on templates screened
+        # there, then the search with the options' tolerances on templates screened near
+        # the optimum.  A warm start goes to the second stage at once.
+        tight, used = warm, 0
+        while True:
+            model.set_subset(subset)
+            full = model.subset is None
+            tight = tight or full
+            tol = (opt.ftol, opt.xtol) if tight else (max(opt.ftol, LOOSE_TOL), max(opt.xtol, LOOSE_TOL))
+            budget = opt.max_nfev - used
+            sol = least_squares(model.residual, x, jac=model.jacobian, bounds=(lo, hi),
+                                method="trf", x_scale="jac", ftol=tol[0], xtol=tol[1], gtol=1e-10,
+                                max_nfev=max(budget, 1))
+            x, used = sol.x, used + sol.nfev
+            if full:
+                break
+            model.set_subset(None)
+            inside = np.all(np.isin(np.flatnonzero(model.evaluate(x)["w"] > 0), subset))
+            converged = sol.status > 0
+            if (inside and tight and converged) or used >= opt.max_nfev:
+                break
+            # Screen again here: afresh after the loose stage, else adding to the subset.
+            subset = _screen(model, x, keep=subset if tight else ())
+            tight = tight or converged
         st = model.evaluate(x)
         J = model.jacobian(x)
         cov = np.linalg.pinv(J.T @ J)
@@ -263,8 +357,42 @@ def fit_continuum(spec: Spectrum, templates: PreparedTemplates,
         return res
     err = np.sqrt(np.clip(np.diag(cov), 0.0, None))
     err[~np.isfinite(err)] = np.nan
-    _fill(res, model, opt, x, err, st, sol.nfev, spec, templates)
+    res.theta = np.array(x, dtype=np.float64)
+    res.candidates = np.arange(templates.P) if subset is None else subset
+    _fill(res, model, opt, x, err, st, model.n_eval, spec, templates)
     return res
+
+
+def continuum_basis(spec: Spectrum, templates: PreparedTemplates, result: ContinuumResult, *,
+                    additive: bool = False) -> list[np.ndarray]:
+    """The continuum basis of a fitted target at its best-fit non-linear parameters.
+
+    Returns per camera of ``spec`` an ``(npix, P)`` array: column ``p`` is template ``p``
+    on every pixel of the camera exactly as the fit models it — shifted and broadened by
+    the fitted LOSVD, binned, through the camera's resolution, times the fitted
+    multiplicative polynomial and dust attenuation — so that ``basis @ result.weights``
+    is the best-fit continuum (plus the additive polynomial, if one was fitted).  NaN
+    where the templates do not reach.  ``additive=True`` appends, when the fit had an
+    additive polynomial of degree ``d``, its ``d + 1`` Legendre columns and their
+    negatives (``2(d + 1)`` columns: a non-negative solver can then give them either sign).
+
+    ``result``: a successful :func:`fit_continuum` result of ``spec`` with ``templates``.
+    For the joint stars + gas refit (:func:`cubefit.spectra.emline_joint.joint_refit`)
+    and the joint photometric fit.
+    """
+    if result.status != 0 or result.theta is None:
+        raise ValueError(f"continuum_basis needs a successful fit_continuum result (status {result.status}: "
+                         f"{result.message or 'no parameters'})")
+    if result.n_templates != templates.P:
+        raise ValueError(f"continuum_basis: the result has {result.n_templates} templates, the templates "
+                         f"given {templates.P}; pass the templates it was fitted with")
+    opt = result.options or ContinuumOptions()
+    model = _target_model(spec, templates, opt, result.mask_lines,
+                          mdegree=0 if result.mpoly is None else result.mpoly.size)
+    basis = model.basis(result.theta)
+    if additive:
+        basis = [np.hstack([b, a, -a]) for b, a in zip(basis, model.additive_basis())]
+    return basis
 
 
 def _fill(res, model, opt, x, err, st, nfev, spec, pt):

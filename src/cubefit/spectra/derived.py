@@ -51,7 +51,7 @@ from .sed import L_SUN_ERG_S, SEDFit, SEDTemplates
 __all__ = ["get_cosmology", "luminosity_distance_cm", "distance_modulus", "ABSMAG_BANDS",
            "absmag_name", "synth_absmag", "kcorrect", "aperture_correction", "PHOT_COLUMNS",
            "FASTPHOT_COLUMNS", "phot_columns", "fastphot_columns", "derived_row", "stellar_mass",
-           "DEFAULT_COSMOLOGY", "PC_CM"]
+           "DEFAULT_COSMOLOGY", "PC_CM", "mc_ivar"]
 
 DEFAULT_COSMOLOGY = "Planck18"
 PC_CM = 3.0856775814913673e18
@@ -182,15 +182,32 @@ def aperture_correction(phot_flux: dict, synth_flux: dict, bands=("G", "R", "Z")
 
 
 # --------------------------------------------------------------------------- columns
-def phot_columns(bands=("G", "R", "Z", "W1", "W2", "W3", "W4")) -> tuple:
-    """``(name, dtype, unit, description)`` of the photometric columns for ``bands``."""
+def phot_columns(bands=("G", "R", "Z", "W1", "W2", "W3", "W4"), joint: bool = True) -> tuple:
+    """``(name, dtype, unit, description)`` of the photometric columns for ``bands``; with
+    ``joint`` also the columns only the joint spectrum + photometry fit fills
+    (:mod:`cubefit.spectra.joint_phot`: ``PHOT_FLAG``, ``TAU_V_JOINT``, ``TAU_V_JOINT_IVAR``,
+    ``RCHI2_CONT_JOINT``, ``NPIX_JOINT``)."""
     cols = [
         ("PHOTSYS", "U1", "", "Legacy Surveys photometric system: N (BASS/MzLS) or S (DECam)"),
-        ("PHOT_STATUS", "i2", "", "Photometric fit status: 0 ok, 1 fewer than two usable bands, 2 no "
-                                  "positive model, 3 no photometry"),
+        ("PHOT_STATUS", "i2", "", "Photometric fit status: 0 ok, 1 too few usable bands, 2 no "
+                                  "positive model, 3 no photometry, 4 joint fit not possible"),
         ("PHOT_MESSAGE", "U160", "", "Why the photometric fit failed, or which bands were dropped"),
         ("NBAND_PHOT", "i2", "", "Number of photometric bands in the fit"),
         ("RCHI2_PHOT", "f8", "", "Chi^2 of the fit to the broadband photometry per fitted band"),
+    ]
+    if joint:
+        cols += [
+            ("PHOT_FLAG", "i2", "", "Bits: 1 a band outside the templates' range was dropped, 2 templates "
+                                    "without flux in a red band were left out, 4 red bands were dropped to "
+                                    "keep those templates"),
+            ("TAU_V_JOINT", "f8", "", "Calzetti (2000) V-band optical depth of the joint spectrum + "
+                                      "photometry fit"),
+            ("TAU_V_JOINT_IVAR", "f8", "", "Inverse variance of TAU_V_JOINT (Monte Carlo; 0 when not run or "
+                                           "when most refits end at TAU_V_JOINT = 0)"),
+            ("RCHI2_CONT_JOINT", "f8", "", "Reduced chi^2 of the spectral pixels in the joint fit"),
+            ("NPIX_JOINT", "i4", "", "Number of spectral pixels in the joint fit"),
+        ]
+    cols += [
         ("LOGMSTAR", "f8", "dex(solMass)", "log10 stellar mass (living stars + remnants; E-MILES, "
                                            "Salpeter-like IMF; default cosmology Planck18)"),
         ("LOGMSTAR_IVAR", "f8", "1/dex2", "Inverse variance of LOGMSTAR (Monte Carlo; 0 when not run)"),
@@ -232,7 +249,8 @@ def fastphot_columns(bands=("G", "R", "Z", "W1", "W2", "W3", "W4")) -> tuple:
         ("MH_MW", "f8", "dex", "Mass-weighted mean [M/H]"),
         ("MH_MW_IVAR", "f8", "1/dex2", "Inverse variance of MH_MW"),
     ]
-    return phot_columns(bands)[:5] + tuple(extra) + phot_columns(bands)[5:]
+    base = phot_columns(bands, joint=False)
+    return base[:5] + tuple(extra) + base[5:]
 
 
 PHOT_COLUMNS = phot_columns()
@@ -241,7 +259,9 @@ FASTPHOT_COLUMNS = fastphot_columns()
 """Columns of a ``fastphot`` catalogue's SPECPHOT table (plus TARGETID)."""
 
 
-def _ivar(samples) -> float:
+def mc_ivar(samples) -> float:
+    """Inverse variance of Monte-Carlo ``samples`` (finite ones; 0 when fewer than two or no
+    scatter: "not measured")."""
     s = np.asarray(samples, dtype=np.float64)
     s = s[np.isfinite(s)]
     if s.size < 2:
@@ -285,16 +305,16 @@ def derived_row(fit: SEDFit, sed: SEDTemplates, phot, *, bands=None) -> dict:
             row[f"FLUX_SYNTH_PHOTMODEL_{b}"] = float(m)
     row["RCHI2_PHOT"] = fit.chi2 / max(fit.n_fit, 1)
     row["TAU_V"] = fit.tau_v
-    row["TAU_V_IVAR"] = _ivar(fit.monte_tau)
+    row["TAU_V_IVAR"] = mc_ivar(fit.monte_tau)
     mono = fit.monte_weights
     if sed.masses is not None:
         row["LOGMSTAR"] = math.log10(stellar_mass(fit.weights, sed.masses))
         with np.errstate(divide="ignore"):
-            row["LOGMSTAR_IVAR"] = _ivar(np.log10(mono @ sed.masses)) if len(mono) else 0.0
+            row["LOGMSTAR_IVAR"] = mc_ivar(np.log10(mono @ sed.masses)) if len(mono) else 0.0
     pops, pops_mc = _populations(sed, fit.weights), _populations(sed, mono)
     for k, v in pops.items():
         row[k] = float(v)
-        row[f"{k}_IVAR"] = _ivar(pops_mc[k])
+        row[f"{k}_IVAR"] = mc_ivar(pops_mc[k])
     dm = 5.0 * math.log10(fit.dl_cm / (10 * PC_CM))
     synth = synth_absmag(sed, fit.weights, fit.tau_v)
     ok = fit.fitted
@@ -305,6 +325,6 @@ def derived_row(fit: SEDFit, sed: SEDTemplates, phot, *, bands=None) -> dict:
         row[absmag_name(label, shift)] = am[i]
         row[absmag_name(label, shift, "IVAR")] = amiv[i]
         row[absmag_name(label, shift, "SYNTH")] = synth[i]
-        row[absmag_name(label, shift, "SYNTH_IVAR")] = _ivar(synth_mc[:, i]) if synth_mc is not None else 0.0
+        row[absmag_name(label, shift, "SYNTH_IVAR")] = mc_ivar(synth_mc[:, i]) if synth_mc is not None else 0.0
         row[absmag_name(label, shift, "KCORR")] = kc[i]
     return row

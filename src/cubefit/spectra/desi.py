@@ -92,6 +92,7 @@ def select_desi(redrock, coadd=None, *, targetids=None, input_redshifts=None, nt
         fm = _need(co, "FIBERMAP", coadd, "coadd")
         hdr = co[0].header
         cameras = [h.name[:-len("_WAVELENGTH")] for h in co if h.name.endswith("_WAVELENGTH")]
+        photometry = "FLUX_G" in fm.columns.names
         fcols = {n: np.asarray(fm[n]) for n in ("TARGETID", "TARGET_RA", "TARGET_DEC", "OBJTYPE", "EBV",
                                                    "COADD_FIBERSTATUS") if n in fm.columns.names}
         header = {"SPECPROD": header_dependency(hdr, "SPECPROD"), "COADDTYP": str(hdr.get("SPGRP", ""))}
@@ -148,13 +149,25 @@ def select_desi(redrock, coadd=None, *, targetids=None, input_redshifts=None, nt
                                  uncertainty_floor=uncertainty_floor, rv=rv)
 
     return SelectedFile(path=redrock, kind="desi", cameras=[c.lower() for c in cameras], meta=meta,
-                        header=header, reader=reader)
+                        header=header, reader=reader, photometry=photometry)
+
+
+def _fibermap(hdu):
+    """The FIBERMAP as an astropy Table (strings as str; units it cannot parse kept as text)."""
+    import warnings
+    from astropy.table import Table
+    from astropy.units import UnitsWarning
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnitsWarning)
+        return Table.read(hdu, character_as_bytes=False, mask_invalid=False)
 
 
 def _read_targets(coadd, cameras, rows, meta, *, edge_pixels, uncertainty_floor, rv):
-    """Yield a Spectrum (or TargetProblem) for each coadd row in ``rows``."""
+    """Yield a Spectrum (or TargetProblem) for each coadd row in ``rows``; a Spectrum's
+    ``meta["fibermap"]`` is its FIBERMAP row (an astropy Row of a one-row table)."""
     with _open(coadd, "coadd") as co:
         waves = {c: np.asarray(co[f"{c}_WAVELENGTH"].data, dtype=np.float64) for c in cameras}
+        fibermap = _fibermap(co["FIBERMAP"])
         for r, m in zip(rows, meta):
             tid = m["TARGETID"]
             cams, problems = [], []
@@ -183,4 +196,4 @@ def _read_targets(coadd, cameras, rows, meta, *, edge_pixels, uncertainty_floor,
                                     "or MASK != 0 everywhere); nothing to fit")
             else:
                 yield finish_spectrum(cams, z=m["Z"], targetid=tid, ebv=m["EBV"], rv=rv,
-                                      meta={"file": str(coadd)})
+                                      meta={"file": str(coadd), "fibermap": fibermap[r:r + 1][0]})

@@ -26,17 +26,51 @@ from ..solvers.exact import nnls_on_gram
 from .data import Spectrum
 from .emlines import EmlineResult, build_result
 
-__all__ = ["joint_refit", "JointResult"]
+__all__ = ["joint_refit", "JointResult", "joint_columns", "JOINT_SUFFIX"]
+
+JOINT_SUFFIX = "_JOINT"
+"""Suffix of the catalogue columns of the joint refit (``HBETA_FLUX_JOINT``, ...)."""
+
+_PER_LINE = ("FLUX", "FLUX_IVAR")
+"""Line quantities written for the joint refit (kinematics are held fixed; two columns
+per line keep a catalogue with photometry within FITS's 999 columns)."""
+
+
+def joint_columns(linelist) -> tuple[tuple[str, str, str, str], ...]:
+    """``(name, dtype, unit, description)`` of the columns :meth:`JointResult.to_row`
+    writes: ``RCHI2_JOINT`` then, per line of ``linelist``, ``<LINE>_FLUX_JOINT`` and
+    ``<LINE>_FLUX_IVAR_JOINT`` (units as the line-only columns)."""
+    from .emlines import emline_columns
+    by_name = {c[0]: c for c in emline_columns(linelist)}
+    cols = [("RCHI2_JOINT", "f4", "", "reduced chi2 of the joint stars + gas refit over the unmasked pixels")]
+    for line in linelist:
+        for q in _PER_LINE:
+            name, dt, unit, desc = by_name[f"{line.column}_{q}"]
+            cols.append((name + JOINT_SUFFIX, dt, unit, desc + " (joint stars + gas refit)"))
+    return tuple(cols)
 
 
 @dataclass
 class JointResult:
-    """``weights (P,)`` of the templates, ``continuum`` per camera ``(npix,)``, and
-    ``emlines`` the line measurements on that continuum (same columns as a line fit)."""
+    """``weights`` of the basis columns, ``continuum`` per camera ``(npix,)``, and
+    ``emlines`` the line measurements on that continuum (same columns as a line fit);
+    ``chi2``/``dof`` of the joint fit over its pixels."""
 
     weights: np.ndarray
     continuum: list
     emlines: EmlineResult
+    chi2: float = float("nan")
+    dof: int = 0
+
+    def to_row(self) -> dict:
+        """The :func:`joint_columns` values (lines not fitted: zeros, as in a line fit)."""
+        lines = self.emlines.to_row()
+        row = {"RCHI2_JOINT": self.chi2 / self.dof if self.dof > 0 else float("nan")}
+        for line in self.emlines.linelist:
+            for q in _PER_LINE:
+                key = f"{line.column}_{q}"
+                row[key + JOINT_SUFFIX] = lines[key]
+        return row
 
 
 def joint_refit(spec: Spectrum, templates, lines: EmlineResult, *, allow_absorption: bool = False) -> JointResult:
@@ -87,4 +121,6 @@ def joint_refit(spec: Spectrum, templates, lines: EmlineResult, *, allow_absorpt
     cov[:model.n_amp, :model.n_amp] = cov_a[na:, na:]
     refit = build_result(spec, model.with_data(spec, continuum), theta, cov, continuum, lines.linelist,
                          delta_chi2=lines.delta_chi2, delta_ndof=lines.delta_ndof, broad=lines.broad)
-    return JointResult(w, continuum, refit)
+    r = X @ z - b
+    dof = b.size - int(np.count_nonzero(w > 0)) - model.n_amp
+    return JointResult(w, continuum, refit, chi2=float(r @ r), dof=dof)

@@ -61,7 +61,9 @@ class SelectedFile:
     :data:`cubefit.spectra.catalog.METADATA_COLUMNS` row (dict) per selected target, in
     fitting order; ``header`` : file-level facts for the catalogue's primary header
     (e.g. ``SPECPROD``); ``reader`` : called with the clean-up settings, yields one
-    :class:`Spectrum` or :class:`TargetProblem` per selected target, in order.
+    :class:`Spectrum` or :class:`TargetProblem` per selected target, in order;
+    ``photometry`` : the file carries broadband photometry of its targets (a DESI
+    FIBERMAP with Legacy Surveys fluxes; each Spectrum's ``meta["fibermap"]`` row).
     """
 
     path: Path
@@ -70,6 +72,7 @@ class SelectedFile:
     meta: list[dict]
     header: dict = field(default_factory=dict)
     reader: Callable[..., Iterator[Spectrum | TargetProblem]] | None = None
+    photometry: bool = False
 
     @property
     def ntargets(self) -> int:

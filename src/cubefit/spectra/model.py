@@ -55,21 +55,16 @@ __all__ = ["TargetModel", "TargetProblem", "EMISSION_LINES", "line_mask", "STATU
 STATUS = {"ok": 0, "bad_input": 1, "no_pixels": 2, "out_of_range": 3, "fit_failed": 4}
 """Per-target status codes of a continuum fit."""
 
-_LINES_AIR = {
-    "MgII2796": 2795.53, "MgII2803": 2802.71, "[NeV]3346": 3345.82, "[NeV]3426": 3425.88,
-    "[OII]3726": 3726.03, "[OII]3729": 3728.82, "H12": 3750.15, "H11": 3770.63, "H10": 3797.90,
-    "H9": 3835.39, "[NeIII]3869": 3868.76, "H8": 3889.05, "[NeIII]3967": 3967.47, "Hepsilon": 3970.07,
-    "Hdelta": 4101.74, "Hgamma": 4340.47, "[OIII]4363": 4363.21, "HeI4471": 4471.48,
-    "HeII4686": 4685.70, "Hbeta": 4861.33, "[OIII]4959": 4958.91, "[OIII]5007": 5006.84,
-    "[NI]5200": 5200.26, "[NII]5755": 5754.64, "HeI5876": 5875.62, "[OI]6300": 6300.30,
-    "[SIII]6312": 6312.06, "[OI]6364": 6363.78, "[NII]6548": 6548.05, "Halpha": 6562.80,
-    "[NII]6584": 6583.45, "HeI6678": 6678.15, "[SII]6716": 6716.44, "[SII]6731": 6730.82,
-    "HeI7065": 7065.19, "[ArIII]7136": 7135.79, "[OII]7320": 7319.92, "[OII]7330": 7330.19,
-    "[ArIII]7751": 7751.06, "[SIII]9069": 9068.60, "[SIII]9531": 9530.60,
-}
-EMISSION_LINES = {k: float(v) for k, v in zip(_LINES_AIR, air_to_vacuum(np.array(list(_LINES_AIR.values()))))}
-"""Rest vacuum wavelengths (Å) of the emission lines masked in continuum fits: the
-standard optical nebular lines (NIST air wavelengths, converted with the IAU formula)."""
+def _packaged_lines() -> dict:
+    from .linelist import default_linelist
+    return {line.name: float(line.restwave) for line in default_linelist()}
+
+
+EMISSION_LINES = _packaged_lines()
+"""Rest vacuum wavelengths (Å) of the emission lines masked in continuum fits by
+default: every line of the packaged line list
+(``cubefit/spectra/resources/emlines.ecsv``, :mod:`cubefit.spectra.linelist`), the list
+the emission-line fit uses — one source for both."""
 
 
 class TargetProblem(Exception):
@@ -81,12 +76,13 @@ class TargetProblem(Exception):
         self.status = STATUS[status]
 
 
-def line_mask(wave_vac, z: float, half_width: float = 800.0) -> np.ndarray:
+def line_mask(wave_vac, z: float, half_width: float = 800.0, lines=None) -> np.ndarray:
     """True for observed vacuum wavelengths ``wave_vac`` (Å) within ``half_width`` km/s
-    of an :data:`EMISSION_LINES` line at redshift ``z``."""
+    of a line at redshift ``z``; ``lines``: rest vacuum wavelengths (Å), default
+    :data:`EMISSION_LINES`."""
     ln = np.log(np.asarray(wave_vac, dtype=np.float64))
     out = np.zeros(ln.shape, dtype=bool)
-    for lam in EMISSION_LINES.values():
+    for lam in sorted(set(EMISSION_LINES.values() if lines is None else lines)):
         out |= np.abs(ln - math.log(lam * (1.0 + z))) < half_width / C_KMS
     return out
 
@@ -131,7 +127,7 @@ class TargetModel:
 
     def __init__(self, spec: Spectrum, pt: PreparedTemplates, *, moments: int = 2, degree: int = -1,
                  mdegree: int = 0, dust: bool = False, line_half_width: float = 800.0,
-                 vel_max: float | None = None, sigma_max: float | None = None):
+                 vel_max: float | None = None, sigma_max: float | None = None, mask_lines=None):
         if moments not in (2, 4):
             raise ValueError(f"moments: expected 2 (v, σ) or 4 (v, σ, h3, h4), got {moments}")
         if degree < -1 or (mdegree is not None and mdegree < 0):
@@ -143,6 +139,7 @@ class TargetModel:
         self.vel_max = min(pt.vel_max, vel_max if vel_max is not None else pt.vel_max)
         self.sigma_max = min(pt.sigma_max, sigma_max if sigma_max is not None else pt.sigma_max)
         self.lnz = math.log1p(self.z)
+        self.mask_lines = None if mask_lines is None else tuple(float(x) for x in mask_lines)
         self._setup_cameras(spec, line_half_width)
         if mdegree is None:            # one degree per 1000 Å of rest-frame range fitted
             lo = min(c.ln_rest[c.good].min() for c in self.cameras if c.good.any())
@@ -161,11 +158,44 @@ class TargetModel:
             self.Q, self.Rq = np.zeros((self.n_good, 0)), None
         self._state = None
         self._active = None
+        self._sub = None                 # template subset in use (None: all)
+        self._sub_fft = {}               # block → its rfft rows of the subset
+        self.n_eval = 0                  # linear solves done (model evaluations)
 
     # ------------------------------------------------------------------ set-up
     @property
     def n_params(self) -> int:
         return self.moments + self.mdegree + int(self.dust)
+
+    @property
+    def subset(self) -> np.ndarray | None:
+        """Indices of the templates the linear solve may use (None: all of them)."""
+        return self._sub
+
+    def set_subset(self, subset) -> None:
+        """Restrict the linear solve to templates ``subset`` (indices; None: all).
+
+        The weights of the other templates are held at zero, so every evaluation
+        convolves only the subset.  Where the full problem's optimum uses only
+        templates of the subset, both problems have the same residual and
+        Jacobian there (:func:`cubefit.spectra.continuum.fit_continuum` checks it).
+        """
+        sub = None if subset is None else np.unique(np.asarray(subset, dtype=np.intp))
+        if sub is not None and sub.size == self.pt.P:
+            sub = None
+        same = (sub is None and self._sub is None) or (
+            sub is not None and self._sub is not None and np.array_equal(sub, self._sub))
+        if same:
+            return
+        self._sub, self._sub_fft, self._state, self._active = sub, {}, None, None
+
+    def _block_fft(self, j: int) -> np.ndarray:
+        """rfft rows of block ``j`` for the templates in use."""
+        if self._sub is None:
+            return self.pt.block_rfft(j)
+        if j not in self._sub_fft:
+            self._sub_fft[j] = self.pt.block_rfft(j)[self._sub]
+        return self._sub_fft[j]
 
     def _setup_cameras(self, spec: Spectrum, half_width: float) -> None:
         pt = self.pt
@@ -221,7 +251,7 @@ class TargetModel:
                                     f" lies outside the templates ({math.exp(pt.ln_lam[0]):.0f}–"
                                     f"{math.exp(pt.ln_lam[-1]):.0f} Å, less a {kc * pt.velscale:.0f} km/s "
                                     "margin); check the redshift or widen the templates' lam_range")
-            good = (cam.ivar > 0) & valid & ~line_mask(wave, self.z, half_width)
+            good = (cam.ivar > 0) & valid & ~line_mask(wave, self.z, half_width, self.mask_lines)
             res = cam.resolution
             matrix = res is not None and res.kind == "matrix"
             start, rebin = (int(round(pos[0])) - m0, None) if ratio else (0, None)
@@ -350,24 +380,42 @@ class TargetModel:
             clipped |= any(cl and c.good[(c.centres >= b.o0) & (c.centres < b.o1)].any()
                            for (_, _, cl), b in zip(Ls, c.blocks))
             losvd.append(Ls)
-            grid = self._convolve(c, self.pt.block_rfft, [L for L, _, _ in Ls])
+            grid = self._convolve(c, self._block_fft, [L for L, _, _ in Ls])
             col = self._camera_columns(c, grid, full=False)                   # (P, n_good_c)
             fac = self._factor(c, mp, tau, c.good)
             cols.append(col)
             factors.append(fac)
             parts.append(col * (fac * c.sw[c.good]))
-        At = np.concatenate(parts, axis=1)                                    # (P, n_good)
+        At = np.concatenate(parts, axis=1)                                    # (P_s, n_good)
         Q, y = self.Q, self.y
         AQ = At @ Q
         yQ = Q.T @ y
         G = At @ At.T - AQ @ AQ.T
         rhs = At @ y - AQ @ yQ
-        w = self._nnls(G, rhs)
-        a = yQ - AQ.T @ w
-        fit = w @ At + Q @ a
-        self._state = dict(key=key, theta=np.array(theta, dtype=np.float64), w=w, a=a, At=At, AQ=AQ,
-                           cols=cols, factors=factors, losvd=losvd, resid=y - fit, clipped=clipped)
+        ws = self._nnls(G, rhs)
+        a = yQ - AQ.T @ ws
+        fit = ws @ At + Q @ a
+        if self._sub is None:
+            w = ws
+        else:
+            w = np.zeros(self.pt.P)
+            w[self._sub] = ws
+        self.n_eval += 1
+        self._state = dict(key=key, theta=np.array(theta, dtype=np.float64), w=w, ws=ws, a=a, At=At,
+                           AQ=AQ, G=G, rhs=rhs, cols=cols, factors=factors, losvd=losvd, resid=y - fit,
+                           clipped=clipped)
         return self._state
+
+    def kkt_gaps(self, theta) -> np.ndarray:
+        """``(P_s,)`` NNLS multipliers ``(Gw − c)_j / ‖A_j‖`` of the templates in use at
+        ``theta`` (0 on the active ones): how far each inactive template is from entering
+        the fit, in units of the residual's correlation with it (data units × √ivar)."""
+        st = self.evaluate(theta)
+        lam = st["G"] @ st["ws"] - st["rhs"]
+        norm = np.sqrt(np.clip(np.diag(st["G"]), 1e-300, None))
+        out = lam / norm
+        out[st["ws"] > 0] = 0.0
+        return out
 
     def _nnls(self, G, c) -> np.ndarray:
         """NNLS ``min ½wᵀGw − cᵀw, w ≥ 0``, first from the previous active set.
@@ -403,7 +451,7 @@ class TargetModel:
     def jacobian(self, theta) -> np.ndarray:
         """Kaufman variable-projection Jacobian ``(n_good, n_params)`` at ``theta``."""
         st = self.evaluate(theta)
-        w = st["w"]
+        w = st["ws"]
         v, s, h3, h4, mp, tau = self._split(theta)
         rows = []
         for ci, c in enumerate(self.cameras):
@@ -411,7 +459,7 @@ class TargetModel:
 
             def combined(j, comb=comb):
                 if j not in comb:
-                    comb[j] = w @ self.pt.block_rfft(j)
+                    comb[j] = w @ self._block_fft(j)
                 return comb[j]
             dgrid = self._convolve(c, combined, [d[:self.moments] for _, d, _ in st["losvd"][ci]])
             sw = c.sw[c.good]
@@ -440,12 +488,12 @@ class TargetModel:
         """Best-fit continuum at ``theta`` on every camera's pixels (data units), NaN where
         the templates do not reach."""
         st = self.evaluate(theta)
-        w = st["w"]
+        w = st["ws"]
         v, s, h3, h4, mp, tau = self._split(theta)
         coef = solve_triangular(self.Rq, st["a"]) if self.degree >= 0 else None
         out = []
         for ci, c in enumerate(self.cameras):
-            grid = self._convolve(c, lambda j: w @ self.pt.block_rfft(j),
+            grid = self._convolve(c, lambda j: w @ self._block_fft(j),
                                   [L for L, _, _ in st["losvd"][ci]])
             m = self._factor(c, mp, tau) * self._camera_columns(c, grid, full=True)[0]
             if coef is not None:
@@ -453,8 +501,31 @@ class TargetModel:
             out.append(np.where(c.valid, m, np.nan))
         return out
 
+    def basis(self, theta) -> list[np.ndarray]:
+        """Per camera ``(npix, P_s)``: every template in use, at the non-linear parameters
+        ``theta``, on all of the camera's pixels — LOSVD, binning, resolution,
+        multiplicative polynomial and attenuation applied (the columns the weights
+        multiply); NaN where the templates do not reach."""
+        v, s, h3, h4, mp, tau = self._split(theta)
+        out = []
+        for c in self.cameras:
+            Ls = [self._losvd(v, s, h3, h4, b.var)[0] for b in c.blocks]
+            cols = self._camera_columns(c, self._convolve(c, self._block_fft, Ls), full=True)
+            m = (cols * self._factor(c, mp, tau)).T
+            m[~c.valid] = np.nan
+            out.append(m)
+        return out
+
+    def additive_basis(self) -> list[np.ndarray]:
+        """Per camera ``(npix, degree + 1)``: the additive Legendre polynomials (no
+        column when ``degree < 0``)."""
+        return [legendre.legvander(c.x, self.degree) if self.degree >= 0 else np.zeros((c.npix, 0))
+                for c in self.cameras]
+
     def light_per_weight(self) -> np.ndarray:
         """``(P,)`` model flux of a unit weight of each template summed over the fitted
-        pixels (data units), at the last evaluated parameters."""
+        pixels (data units), at the last evaluated parameters (all templates in use)."""
+        if self._sub is not None:
+            raise ValueError("light_per_weight needs every template: call set_subset(None) first")
         st = self._state
         return sum((col * fac).sum(axis=1) for col, fac in zip(st["cols"], st["factors"]))

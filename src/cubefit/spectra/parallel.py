@@ -31,7 +31,7 @@ from .io import TargetProblem
 __all__ = ["load_templates", "init_worker", "fit_one", "fit_many",
            "weighted_partition", "mpi_world"]
 
-_WORKER: dict = {}                     # per process: templates, options, cameras, models flag
+_WORKER: dict = {}                     # per process: templates, settings, options, cameras, line list
 
 
 def load_templates(spec: str = "emiles"):
@@ -51,30 +51,39 @@ def load_templates(spec: str = "emiles"):
                      "pPXF .npz SSP file")
 
 
-def init_worker(templates: str, options, cameras: list[str], models: bool) -> None:
+def init_worker(config, options, cameras: list[str]) -> None:
     """Pool initializer (also called once for a single-process run): prepare the
-    templates and keep the fit settings for :func:`fit_one`; ``cameras`` are the
-    run's camera names (one SNR column each)."""
-    _WORKER["templates"] = load_templates(templates)
+    templates (``config.templates``), read the line list (``config.linelist``) and keep
+    the settings for :func:`fit_one`; ``config`` a
+    :class:`~cubefit.spectra.config.FastspecConfig`, ``options`` the continuum options,
+    ``cameras`` the run's camera names (one SNR column each)."""
+    from .linelist import read_linelist
+    _WORKER["templates"] = load_templates(config.templates)
+    _WORKER["config"] = config
     _WORKER["options"] = options
     _WORKER["cameras"] = list(cameras)
-    _WORKER["models"] = bool(models)
+    _WORKER["linelist"] = read_linelist(config.linelist)
 
 
 def fit_one(item) -> tuple[dict, dict]:
-    """Fit one target (a Spectrum or a TargetProblem) with this process's templates.
+    """Fit one target (a Spectrum or a TargetProblem) with this process's templates and
+    settings (:func:`cubefit.spectra.target.fit_target`: continuum, photometry, lines,
+    joint refit, Monte Carlo, QA figure as configured).
 
-    Returns ``(row, models)``: the SPECPHOT row (``ContinuumResult.to_row``; for a
-    TargetProblem a result carrying its status and message) and ``{camera: (wave,
-    continuum)}`` (empty unless models were asked for and the fit succeeded).  Never
-    raises for a target: an unexpected exception in the fitter becomes a row with
+    Returns ``(row, models)``: the SPECPHOT row (for a TargetProblem, its status and
+    message) and ``{camera: (wave, continuum, lines)}`` (``lines`` None when the lines
+    were not fitted; empty unless models were asked for and the continuum fit
+    succeeded).  Never raises for a target: an unexpected exception becomes a row with
     status ``fit_failed`` and a message asking for a report.
     """
     from threadpoolctl import threadpool_limits
-    from .continuum import ContinuumResult, fit_continuum
+    from .continuum import ContinuumResult
     from .model import STATUS
+    from .target import fit_target
     cams = _WORKER["cameras"]
+    cfg = _WORKER["config"]
     n_templates = _WORKER["templates"].P
+
     def failed(status: int, message: str) -> tuple[dict, dict]:
         row = ContinuumResult(targetid=item.targetid, z=math.nan, camera_names=[], n_templates=n_templates,
                               status=status, message=message).to_row(cams)
@@ -86,16 +95,20 @@ def fit_one(item) -> tuple[dict, dict]:
     where = f"{item.meta.get('file', 'input')}: TARGETID {item.targetid}: "
     try:
         with threadpool_limits(limits=1):
-            result = fit_continuum(item, _WORKER["templates"], _WORKER["options"])
-        row = result.to_row(cams)
+            row, fit = fit_target(item, _WORKER["templates"], options=_WORKER["options"],
+                                  linelist=_WORKER["linelist"], emlines=cfg.emlines,
+                                  allow_absorption=cfg.allow_absorption, joint=cfg.joint, nmonte=cfg.nmonte,
+                                  seed=cfg.seed, qa=cfg.qa, phot=cfg.phot, camera_names=cams)
     except Exception as exc:    # a bug in the fitter must not lose the other targets
-        return failed(STATUS["fit_failed"], f"{where}internal error in the continuum fit "
+        return failed(STATUS["fit_failed"], f"{where}internal error in the fit "
                                             f"({type(exc).__name__}: {exc}); please report it")
-    if result.status != 0:
-        row["MESSAGE"] = where + result.message
+    if row["STATUS"] != 0:
+        row["MESSAGE"] = where + row["MESSAGE"]
     models = {}
-    if _WORKER["models"] and result.status == 0:
-        models = {c.name: (c.wave, np.asarray(m)) for c, m in zip(item.cameras, result.models)}
+    if cfg.models and fit.continuum.status == 0:
+        lines = fit.lines.models if fit.lines is not None and fit.lines.status == 0 else None
+        models = {c.name: (c.wave, np.asarray(m), None if lines is None else np.asarray(lines[i]))
+                  for i, (c, m) in enumerate(zip(item.cameras, fit.continuum.models))}
     return row, models
 
 
@@ -104,20 +117,20 @@ def _context():
     return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
 
 
-def fit_many(items: Iterable, n: int, *, templates: str, options, cameras: list[str],
-             models: bool = False, progress: bool = True,
+def fit_many(items: Iterable, config, *, options, cameras: list[str], progress: bool = True,
              total: int | None = None) -> Iterator[tuple[dict, dict]]:
-    """Fit ``items`` (Spectrum or TargetProblem, any iterable) with ``n`` processes and
-    yield :func:`fit_one`'s results in the items' order, with a tqdm progress bar."""
+    """Fit ``items`` (Spectrum or TargetProblem, any iterable) with ``config.mp``
+    processes and yield :func:`fit_one`'s results in the items' order, with a tqdm
+    progress bar."""
     from tqdm.auto import tqdm
     bar = dict(total=total, disable=not progress, unit="target", desc="fastspec")
-    if n <= 1:
-        init_worker(templates, options, cameras, models)
+    if config.mp <= 1:
+        init_worker(config, options, cameras)
         yield from tqdm(map(fit_one, items), **bar)
         return
     ctx = _context()
-    pool = start_without_main(lambda: ctx.Pool(n, initializer=init_worker,
-                                                initargs=(templates, options, cameras, models)))
+    pool = start_without_main(lambda: ctx.Pool(config.mp, initializer=init_worker,
+                                                initargs=(config, options, cameras)))
     try:
         yield from tqdm(pool.imap(fit_one, items), **bar)
     finally:

@@ -12,13 +12,14 @@ Sources
 Milky-Way correction
 --------------------
 Each band is divided by its transmission ``10^(-0.4 R_b E(B-V))`` and its inverse
-variance multiplied by the square of it.  The coefficient ``R_b = A_b / E(B-V)`` comes
-from the same Fitzpatrick (1999, R_V = 3.1) curve as the spectra
-(:func:`cubefit.spectra.extinction.mw_transmission`), averaged over the filter for a
-source flat in f_ν with photon-counting weights, ``R_b = ∫ k(λ) R(λ) dλ/λ / ∫ R(λ) dλ/λ``
-(the small-E(B-V) limit; :func:`mw_coefficient`).  Beyond 3.3 µm, where that curve's
-implementation stops, the ``extinction`` package's Fitzpatrick (1999) curve (the same
-formula, extended to the WISE bands by its spline) is used.
+variance multiplied by the square of it.  The coefficient ``R_b = A_b / E(B-V)_SFD``
+comes from the same curve as the spectra (:mod:`cubefit.spectra.extinction`: Fitzpatrick
+1999, R_V = 3.1, on the Schlafly & Finkbeiner 2011 recalibration of the SFD E(B-V) that
+DESI uses), averaged over the filter for a source flat in f_ν with photon-counting
+weights, ``R_b = ∫ k(λ) R(λ) dλ/λ / ∫ R(λ) dλ/λ`` (the small-E(B-V) limit;
+:func:`mw_coefficient`).  Beyond 3.3 µm, where that curve's implementation stops, the
+``extinction`` package's Fitzpatrick (1999) curve (the same formula, extended to the
+WISE bands by its spline) is used with the same recalibration.
 
 Error floors
 ------------
@@ -54,7 +55,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .extinction import DEFAULT_RV, mw_transmission
+from .extinction import DEFAULT_RV, mw_extinction_curve, sfd_recalibration
 from .filters import BANDS, OPTICAL_BANDS, filter_curve, filter_names, mag_to_nanomaggies
 
 __all__ = ["Photometry", "DEFAULT_FLOORS", "mw_coefficient", "mw_band_transmission", "apply_floor",
@@ -118,9 +119,9 @@ def mw_coefficient(name: str, rv: float = DEFAULT_RV) -> float:
     k = np.empty_like(lam)
     inside = lam <= _F99_RED_LIMIT
     if inside.any():
-        k[inside] = -2.5 * np.log10(mw_transmission(lam[inside], 1.0, rv))
-    if (~inside).any():
-        k[~inside] = extinction.fitzpatrick99(lam[~inside], rv, rv)      # A_V = R_V: E(B-V) = 1
+        k[inside] = mw_extinction_curve(lam[inside], rv)
+    if (~inside).any():                                                # A_V = R_V: E(B-V) = 1
+        k[~inside] = extinction.fitzpatrick99(lam[~inside], rv, rv) * sfd_recalibration(rv)
     w = resp / lam
     return float(np.trapezoid(k * w, lam) / np.trapezoid(w, lam))
 

@@ -24,7 +24,7 @@ from .io import InputError, SelectedFile, read_table
 from .parallel import fit_many, mpi_world, weighted_partition
 from .sdss import is_sdss, read_sdss
 
-__all__ = ["select_inputs", "fit_selected", "run_fastspec", "fit_desi", "output_name"]
+__all__ = ["select_inputs", "fit_selected", "run_fastspec", "fit_desi", "output_name", "check_settings"]
 
 
 def _as_list(x) -> list:
@@ -104,6 +104,43 @@ def select_inputs(inputs, coadds=None, *, targetids=None, input_redshifts=None, 
     return files
 
 
+MAX_FITS_COLUMNS = 999
+"""A FITS binary table holds at most 999 columns."""
+
+
+def _run_cameras(files: Sequence[SelectedFile]) -> list[str]:
+    cameras = []
+    for f in files:
+        cameras += [c for c in f.cameras if c not in cameras]
+    return cameras
+
+
+def _wants_photometry(files: Sequence[SelectedFile], cfg: FastspecConfig) -> bool:
+    return bool(cfg.phot) or (cfg.phot is None and any(f.photometry for f in files))
+
+
+def check_settings(cfg: FastspecConfig, files: Sequence[SelectedFile] = ()):
+    """Check the run's settings before anything is fitted or written: the line list
+    (returned, read), the QA folder (a folder if it exists) and that the SPECPHOT table
+    of ``files`` fits in a FITS table.  Raises :class:`InputError` naming the fix."""
+    from .linelist import read_linelist
+    from .target import fastspec_columns
+    try:
+        linelist = read_linelist(cfg.linelist)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"--emlines: {exc}") from None
+    if cfg.qa is not None and Path(cfg.qa).exists() and not Path(cfg.qa).is_dir():
+        raise InputError(f"--qa {cfg.qa}: this is a file; give a folder for the QA figures")
+    n = len(fastspec_columns(1, _run_cameras(files), linelist if cfg.emlines else None, joint=cfg.joint,
+                             phot=_wants_photometry(files, cfg)))             # (TARGETID included)
+    if n > MAX_FITS_COLUMNS:
+        raise InputError(f"the catalogue would have {n} SPECPHOT columns ({len(linelist)} lines in "
+                         f"{cfg.linelist or 'the line list'}), more than a FITS table holds "
+                         f"({MAX_FITS_COLUMNS}); fit fewer lines (--emlines FILE), or leave out --joint "
+                         "or the photometry (--no-phot)")
+    return linelist
+
+
 def _header(files: Sequence[SelectedFile], cfg: FastspecConfig, options) -> dict:
     hdr = {}
     for key in ("SPECPROD", "COADDTYP"):
@@ -115,7 +152,14 @@ def _header(files: Sequence[SelectedFile], cfg: FastspecConfig, options) -> dict
                 "EDGEPIX": (cfg.edge_pixels, "pixels masked at each camera end"),
                 "UFLOOR": (cfg.uncertainty_floor, "fractional flux error floor"),
                 "MWRV": (cfg.rv, "R_V of the Milky-Way extinction curve (F99)"),
-                "TEMPLATE": (str(cfg.templates), "template library")})
+                "TEMPLATE": (str(cfg.templates), "template library"),
+                "EMLINES": (bool(cfg.emlines), "emission lines fitted"),
+                "LINELIST": (str(cfg.linelist or "packaged emlines.ecsv")[-68:], "line list (fitted and masked)"),
+                "ABSORB": (bool(cfg.allow_absorption), "line amplitudes may be negative"),
+                "JOINT": (bool(cfg.joint), "joint stars + gas refit (_JOINT columns)"),
+                "NMONTE": (int(cfg.nmonte), "Monte-Carlo realisations per target"),
+                "SEED": (int(cfg.seed), "Monte-Carlo seed (with the TARGETID)"),
+                "PHOT": ("auto" if cfg.phot is None else str(bool(cfg.phot)), "joint photometric fit")})
     if options is not None:
         hdr["CONTOPT"] = (str(options), "continuum fit options")
     return hdr
@@ -124,24 +168,29 @@ def _header(files: Sequence[SelectedFile], cfg: FastspecConfig, options) -> dict
 def fit_selected(files: Sequence[SelectedFile], config: FastspecConfig | None = None, options=None,
                  *, progress: bool = True):
     """Fit every selected target of ``files``; return ``(METADATA, SPECPHOT, MODELS or
-    None)`` astropy Tables, one row per target in file order."""
-    from .continuum import continuum_columns
+    None)`` astropy Tables, one row per target in file order.  The SPECPHOT columns are
+    :func:`cubefit.spectra.target.fastspec_columns` for the run's settings (photometric
+    columns when ``config.phot`` is True, or None and some file has photometry)."""
+    from .target import fastspec_columns
     cfg = config or FastspecConfig()
+    linelist = check_settings(cfg, files)
+    if cfg.qa is not None:
+        Path(cfg.qa).mkdir(parents=True, exist_ok=True)
     meta = [m for f in files for m in f.meta]
-    cameras = []
-    for f in files:
-        cameras += [c for c in f.cameras if c not in cameras]
+    cameras = _run_cameras(files)
     items = chain.from_iterable(f.spectra(edge_pixels=cfg.edge_pixels,
                                           uncertainty_floor=cfg.uncertainty_floor, rv=cfg.rv)
                                 for f in files)
     rows, models = [], []
-    for row, model in fit_many(items, cfg.mp, templates=cfg.templates, options=options,
-                               cameras=cameras, models=cfg.models, progress=progress, total=len(meta)):
+    for row, model in fit_many(items, cfg, options=options, cameras=cameras, progress=progress,
+                               total=len(meta)):
         rows.append(row)
         models.append(model)
     mt = models_table([m["TARGETID"] for m in meta], models) if cfg.models else None
     n_templates = len(rows[0]["CONTINUUM_COEFF"]) if rows else 0
-    return metadata_table(meta), specphot_table(rows, continuum_columns(n_templates, cameras)), mt
+    columns = fastspec_columns(n_templates, cameras, linelist if cfg.emlines else None, joint=cfg.joint,
+                               phot=_wants_photometry(files, cfg))
+    return metadata_table(meta), specphot_table(rows, columns), mt
 
 
 def output_name(path) -> str:
@@ -172,6 +221,7 @@ def run_fastspec(inputs, output, *, coadds=None, targetids=None, input_redshifts
     comm = mpi_world()
     if comm is None:
         files = select_inputs(inputs, coadds, **kw)
+        check_settings(cfg, files)
         out = check_output(output, overwrite)
         meta, spec, models = fit_selected(files, cfg, options, progress=progress)
         return [write_catalog(out, meta, spec, models, header=_header(files, cfg, options),
@@ -180,6 +230,7 @@ def run_fastspec(inputs, output, *, coadds=None, targetids=None, input_redshifts
     error = None
     try:
         files = select_inputs(inputs, coadds, **kw)
+        check_settings(cfg, files)
         names = [output_name(f.path) for f in files]
         if len(set(names)) != len(names):
             raise InputError("two input files would write the same catalogue name under "
@@ -212,21 +263,25 @@ def run_fastspec(inputs, output, *, coadds=None, targetids=None, input_redshifts
 def fit_desi(redrock, coadd=None, *, targetids=None, input_redshifts=None, ntargets=None,
              firsttarget: int = 0, zwarnmax: int | None = None, templates: str | None = None,
              mp: int | None = None, options=None, config: FastspecConfig | None = None,
-             progress: bool = False):
+             progress: bool = False, **settings):
     """Fit DESI targets and return one astropy Table: the METADATA columns followed by
     the fit's SPECPHOT columns, one row per target (``table.meta``: SPECPROD, settings).
 
     ``redrock``: a Redrock file or a list of them; ``coadd``: the matching coadd(s)
     (default: beside each, ``redrock-`` → ``coadd-``); selection as in
-    :func:`select_inputs`; ``templates``, ``mp``, ``zwarnmax`` override ``config``
-    (:class:`FastspecConfig`); ``options``: :class:`cubefit.spectra.ContinuumOptions`.
-    Raises :class:`InputError` for problems with the files; a target that cannot be
-    fitted gets ``STATUS ≠ 0`` and a ``MESSAGE``.
+    :func:`select_inputs`; ``templates``, ``mp``, ``zwarnmax`` and ``settings`` (any
+    other :class:`FastspecConfig` field: ``emlines``, ``linelist``, ``allow_absorption``,
+    ``joint``, ``nmonte``, ``seed``, ``qa``, ``phot``) override ``config``; ``options``:
+    :class:`cubefit.spectra.ContinuumOptions`.  Raises :class:`InputError` for problems
+    with the files; a target that cannot be fitted gets ``STATUS ≠ 0`` and a ``MESSAGE``.
     """
     from astropy.table import hstack
     cfg = config or FastspecConfig()
+    unknown = sorted(set(settings) - {f.name for f in dataclasses.fields(FastspecConfig)})
+    if unknown:
+        raise TypeError(f"fit_desi: unknown settings {unknown}; see FastspecConfig for the valid names")
     over = {k: v for k, v in (("templates", templates), ("mp", mp), ("zwarnmax", zwarnmax)) if v is not None}
-    cfg = dataclasses.replace(cfg, **over)
+    cfg = dataclasses.replace(cfg, **over, **settings)
     files = select_inputs(redrock, coadd, targetids=targetids, input_redshifts=input_redshifts,
                           ntargets=ntargets, firsttarget=firsttarget, config=cfg)
     meta, spec, _ = fit_selected(files, cfg, options, progress=progress)

@@ -280,6 +280,10 @@ class PhotDesign:
         """``A(τ_V) (n_valid, P')`` in nanomaggies per initial M_sun (exact)."""
         return (self._W * np.exp(-tau * self._k)) @ self._F
 
+    def matrix_dtau(self, tau: float) -> np.ndarray:
+        """``∂A/∂τ_V (n_valid, P')`` at ``tau`` (exact; the joint fit's Jacobian)."""
+        return (self._W * (-self._k * np.exp(-tau * self._k))) @ self._F
+
     def interp(self, tau: float) -> np.ndarray:
         """``A(τ_V)`` by quadratic interpolation between the three nearest grid nodes."""
         j = int(np.clip(round(tau / TAU_STEP), 1, len(self.tau_grid) - 2))

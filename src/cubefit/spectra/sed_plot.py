@@ -4,6 +4,8 @@
 the best-fit model SED (observed frame, attenuated), the observed photometry with
 1σ error bars (fitted bands filled, dropped bands open), the model's fluxes in the
 bands (squares) and, if given, the spectrum scaled by its aperture correction.
+:func:`plot_joint_sed` draws the same panel for the joint spectrum + photometry fit of
+``fastspec --phot`` (:class:`cubefit.spectra.joint_phot.PhotResult`).
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import numpy as np
 from .filters import AB_FNU_CGS, C_ANGSTROM_S, effective_wavelengths, nanomaggies_to_mag
 from .sed import L_SUN_ERG_S, SEDFit, SEDTemplates
 
-__all__ = ["plot_sed", "model_sed_mag"]
+__all__ = ["plot_sed", "plot_joint_sed", "model_sed_mag"]
 
 
 def _flam_to_ab(lam, flam_cgs):
@@ -78,3 +80,23 @@ def plot_sed(ax, phot, fit: SEDFit, sed: SEDTemplates, *, spectrum=None, apercor
         ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7, loc="lower right")
     return ax
+
+
+def plot_joint_sed(ax, result, ph=None, spectrum=None, *, flux_unit: float = 1e-17):
+    """The SED panel of the QA figure for a joint fit: ``result`` a
+    :class:`~cubefit.spectra.joint_phot.PhotResult`, ``ph`` its photometry (default
+    ``result.photometry``), ``spectrum`` the fitted
+    :class:`~cubefit.spectra.data.Spectrum` (drawn times ``APERCORR``).  A result
+    without photometry gets its message written in the panel.  Returns ``ax``."""
+    ph = ph if ph is not None else result.photometry
+    if ph is None or result.fit is None or result.sed is None:
+        ax.text(0.5, 0.5, f"no SED fit: {result.message}"[:90], ha="center", va="center",
+                transform=ax.transAxes, fontsize=8, wrap=True)
+        ax.set_axis_off()
+        return ax
+    apercorr = result.apercorr if np.isfinite(result.apercorr) else 1.0
+    dof = result.dof_spec if result.dof_spec > 0 else 1
+    title = (f"z = {result.z:.4f}, τ_V = {result.tau_v:.2f}, χ²/dof spectrum {result.chi2_spec / dof:.2f}, "
+             f"χ²/band {result.chi2_phot / max(result.fit.n_fit, 1):.2f}, APERCORR {apercorr:.2f}")
+    return plot_sed(ax, ph, result.fit, result.sed, spectrum=spectrum, apercorr=apercorr, flux_unit=flux_unit,
+                    title=title)
