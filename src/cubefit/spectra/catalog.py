@@ -49,7 +49,8 @@ METADATA_COLUMNS: tuple[tuple[str, str, str, str], ...] = (
     ("ZWARN", "i8", "", "Redshift warning bits of the input file (0 = fine)"),
     ("DELTACHI2", "f8", "", "Redrock chi2 difference between the best and second-best fit"),
     ("SPECTYPE", "U8", "", "Spectral class from the redshift fitter (GALAXY, QSO, STAR)"),
-    ("EBV", "f4", "mag", "Milky-Way E(B-V) the spectrum was corrected for (Fitzpatrick 1999, R_V=3.1)"),
+    ("EBV", "f4", "mag", "Milky-Way SFD E(B-V) the spectrum was corrected for (Fitzpatrick 1999, "
+                         "R_V=3.1, Schlafly & Finkbeiner 2011 calibration)"),
     ("INPUT_FILE", "U64", "", "Name of the input file (Redrock file or spectrum file)"),
     ("COADD_FILE", "U64", "", "Name of the DESI coadd file read (empty for other inputs)"),
 )

@@ -70,13 +70,14 @@ def _text(spec: Spectrum, lines: EmlineResult | None, row: dict | None) -> str:
 
 
 def plot_target(spec: Spectrum, continuum, lines: EmlineResult | None, path, *, row: dict | None = None,
-                dpi: int = 90) -> Path:
+                phot=None, dpi: int = 90) -> Path:
     """Write the QA figure of ``spec`` to ``path`` (PNG) and return the path.
 
     ``continuum``: per camera the continuum model ``(npix,)`` (NaN where not modelled);
     ``lines``: the line fit (or None); ``row``: the catalogue row of the continuum fit
-    (``VDISP``, ``LOGAGE_LW``, ``MH_LW``, … for the text box).  A directory ``path``
-    gets ``qa-<TARGETID>.png`` inside it.
+    (``VDISP``, ``LOGAGE_LW``, ``MH_LW``, … for the text box); ``phot``: the joint
+    spectrum + photometry fit (:class:`~cubefit.spectra.joint_phot.PhotResult`), drawn as
+    an SED panel.  A directory ``path`` gets ``qa-<TARGETID>.png`` inside it.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -132,6 +133,13 @@ def plot_target(spec: Spectrum, continuum, lines: EmlineResult | None, path, *, 
         if not shown:
             ax.text(0.5, 0.5, "not covered", transform=ax.transAxes, ha="center", va="center")
         ax.set_xlim(lo, hi)
+    if phot is not None:
+        from .sed_plot import plot_joint_sed
+        from matplotlib.ticker import NullFormatter
+        ax_sed = plot_joint_sed(fig.add_subplot(gs[0:2, -1]), phot, spectrum=spec)
+        # In a panel this narrow: the title on two small lines, no minor tick labels.
+        ax_sed.set_title(ax_sed.get_title().replace(", χ²/dof", "\nχ²/dof", 1), fontsize=7)
+        ax_sed.xaxis.set_minor_formatter(NullFormatter())
     axt = fig.add_subplot(gs[2, -1])
     axt.axis("off")
     axt.text(0.0, 1.0, _text(spec, lines, row), transform=axt.transAxes, va="top", ha="left", fontsize=8,

@@ -38,7 +38,7 @@ from .indices import dn4000
 from .linelist import LineList
 from .montecarlo import MC_COLUMNS, MonteCarloResult, monte_carlo
 
-__all__ = ["TargetFit", "fit_continuum_and_lines", "fit_target", "fastspec_columns", "photometry_row",
+__all__ = ["TargetFit", "fit_continuum_and_lines", "fit_target", "fastspec_columns", "photometry_row", "joint_photometry",
            "PHOT_NOT_RUN", "DN4000_OBS_COLUMN", "measure_dn4000"]
 
 PHOT_NOT_RUN = -1
@@ -158,16 +158,26 @@ def _has_photometry(fibermap_row) -> bool:
     return fibermap_row is not None and "FLUX_G" in fibermap_row.colnames
 
 
-def photometry_row(spec: Spectrum, templates, continuum: ContinuumResult, options, fibermap_row) -> dict:
+def photometry_row(spec: Spectrum, templates, continuum: ContinuumResult, options, fibermap_row, *,
+                   nmonte: int = 0, seed: int = 1) -> dict:
     """The photometric columns of one target from the joint fit with its photometry.
 
     Calls ``cubefit.spectra.joint_phot.fit_with_photometry(spec, templates, continuum,
-    fibermap_row, options)`` (``options``: the run's
-    :class:`~cubefit.spectra.continuum.ContinuumOptions` or None) and returns its
+    fibermap_row, options)`` — with the module's own ``PhotOptions(nmonte=, seed=)`` when it
+    has one, else ``options`` (the run's
+    :class:`~cubefit.spectra.continuum.ContinuumOptions` or None) — and returns its
     ``to_row()``.  When the module is not there, the call raises, or its result has
     ``status ≠ 0``, the row holds only ``PHOT_STATUS`` (:data:`PHOT_NOT_RUN` or the fit's
     status) and ``PHOT_MESSAGE`` saying why, every other photometric column blank.
     """
+    return joint_photometry(spec, templates, continuum, options, fibermap_row, nmonte=nmonte,
+                            seed=seed)[0]
+
+
+def joint_photometry(spec: Spectrum, templates, continuum: ContinuumResult, options, fibermap_row, *,
+                     nmonte: int = 0, seed: int = 1):
+    """``(row, result)``: :func:`photometry_row`'s row and the fit's result object (None
+    when the fit did not run or failed), for the QA figure's SED panel."""
     name = "cubefit.spectra.joint_phot"
     try:
         module = importlib.import_module(name)
@@ -175,18 +185,20 @@ def photometry_row(spec: Spectrum, templates, continuum: ContinuumResult, option
         if exc.name != name:
             raise
         return {"PHOT_STATUS": PHOT_NOT_RUN,
-                "PHOT_MESSAGE": f"joint photometric fit not available ({name} is not installed)"}
+                "PHOT_MESSAGE": f"joint photometric fit not available ({name} is not installed)"}, None
+    if hasattr(module, "PhotOptions"):
+        options = module.PhotOptions(nmonte=nmonte, seed=seed)
     try:
         result = module.fit_with_photometry(spec, templates, continuum, fibermap_row, options)
         row = dict(result.to_row())
         status = int(result.status)
     except Exception as exc:        # a failing photometric fit must not lose the spectral one
         return {"PHOT_STATUS": PHOT_NOT_RUN, "PHOT_MESSAGE": f"joint photometric fit failed "
-                f"({type(exc).__name__}: {exc}); please report it"}
+                f"({type(exc).__name__}: {exc}); please report it"}, None
     if status != 0:
         return {"PHOT_STATUS": status, "PHOT_MESSAGE": str(row.get("PHOT_MESSAGE", "")) or
-                f"joint photometric fit returned status {status}"}
-    return row
+                f"joint photometric fit returned status {status}"}, None
+    return row, result
 
 
 def _noise_base(spec: Spectrum, fit: TargetFit) -> list[np.ndarray]:
@@ -213,8 +225,11 @@ def fit_target(spec: Spectrum, templates, *, options=None, linelist: LineList, e
     if cont.status != 0:
         return row, fit
     fibermap_row = spec.meta.get("fibermap")
+    phot_result = None
     if phot or (phot is None and _has_photometry(fibermap_row)):
-        row.update(photometry_row(spec, templates, cont, options, fibermap_row))
+        phot_row, phot_result = joint_photometry(spec, templates, cont, options, fibermap_row,
+                                                 nmonte=nmonte, seed=seed)
+        row.update(phot_row)
     lines = fit.lines
     if joint and lines is not None and lines.status == 0:
         try:
@@ -233,7 +248,7 @@ def fit_target(spec: Spectrum, templates, *, options=None, linelist: LineList, e
         from .qa import plot_target
         try:
             plot_target(spec, cont.models, lines if lines is not None and lines.status == 0 else None, qa,
-                        row=row)
+                        row=row, phot=phot_result)
         except Exception as exc:    # a figure that cannot be drawn or written must not lose the row
             row["MESSAGE"] = f"QA figure not written ({type(exc).__name__}: {exc})"
     return row, fit
