@@ -124,16 +124,21 @@ def test_ctrl_c_exits_130_and_leaves_the_file(cli_file, tmp_path):
     timing cannot matter): exit status 130, nothing half-written."""
     script = tmp_path / "ctrl_c.py"
     script.write_text(CTRL_C_SCRIPT)
+    # One pipe for both streams, read as it comes: a child blocked on a full stderr pipe
+    # while the test waits on stdout would hang both.
     proc = subprocess.Popen([sys.executable, str(script), str(cli_file)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True,
+                            stderr=subprocess.STDOUT, text=True,
                             env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    seen = []
     for line in proc.stdout:
+        seen.append(line)
         if "SOLVING" in line:
             break
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err
-    assert "interrupted" in err
+    rest, _ = proc.communicate(timeout=120)
+    out = "".join(seen) + rest
+    assert proc.returncode == 130, out
+    assert "interrupted" in out
     with h5py.File(cli_file, "r") as f:
         assert "/X_global" not in f and "/Fit" not in f
 
