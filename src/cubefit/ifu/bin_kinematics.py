@@ -12,6 +12,10 @@ listed once per component):
    (the centre of counter-rotating disks), where a single start can stall in the mirror
    solution's basin.
 
+With ``BinFitSettings.mixtures`` (the refinement passes of :func:`cubefit.ifu.ingest.ingest`)
+component ``c`` has one template, its population mixture, and each bin is fitted from its
+previous kinematics and from the same with the velocities of the components exchanged.
+
 Which fitted component is "component 1" is arbitrary in each bin; ``order_by`` makes the
 labels consistent across the field: ``"sigma"`` (decreasing σ: the dynamically hot
 component first, e.g. bulge or thick disk), ``"age"`` (decreasing light-weighted age of the
