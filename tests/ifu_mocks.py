@@ -78,7 +78,6 @@ def _observe(model, ln_rest, lam_obs, z, medium):
 def make_cube(path, lib, *, instrument="MUSE", components=COUNTER_DISKS, nx=12, ny=12, z=0.01,
               snr_peak=90.0, seed=0) -> MockCube:
     """Write a mock cube (module docstring) to ``path``; returns its truth."""
-    P = lib.P
     if instrument == "MUSE":
         lam_obs = 4850.0 + 1.25 * np.arange(720)                     # air, linear
         medium = "air"

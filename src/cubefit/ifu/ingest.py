@@ -9,7 +9,7 @@
 3. fit each bin's kinematics with ``components`` components
    (:mod:`cubefit.ifu.bin_kinematics`, ``mp`` processes, progress bar) — bins whose fit
    fails are left out of the file (logged, and -1 in ``/BinMap``);
-   With several components, ``refine`` passes follow.  Each component drawing on the whole
+4. with several components, ``refine`` passes.  Each component drawing on the whole
    library, a single bin at S/N ≈ 60 hardly tells how the light splits between
    overlapping components (on the test mock the per-bin light fractions scatter by 0.19
    rms), and the global fit, which takes the LOSVD amplitudes as given, turns that
@@ -20,11 +20,11 @@
    for v, σ and the light split, now told apart by the components' different spectra;
    later passes take the mixtures from a global fit (``cubefit solve``) of the file so
    far.  The labels are fixed by the mixtures from pass 1 on;
-4. turn each component's (v, σ[, h3, h4]) into a LOSVD histogram scaled by its light in
+5. turn each component's (v, σ[, h3, h4]) into a LOSVD histogram scaled by its light in
    the bin, its mean model flux density over the fitted pixels
    (:func:`cubefit.ifu.losvds.losvds_from_moments`), on a grid of half the data's
    pixel;
-5. write the file (:func:`cubefit.ifu.prepare.prepare_global_fit`) with the emission-line
+6. write the file (:func:`cubefit.ifu.prepare.prepare_global_fit`) with the emission-line
    windows of the per-bin fits masked too, plus ``/Kinematics`` (per bin and component:
    v, σ, h3, h4 and their errors, light, light-weighted age and [M/H], χ²/dof).
 
