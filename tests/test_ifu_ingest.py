@@ -138,3 +138,18 @@ def test_existing_output_and_bad_templates(ssp, tmp_path, capsys):
     assert "--templates" in err and "nothing.txt" in err
     assert not (tmp_path / "new.h5").exists()
     assert not list(tmp_path.glob(".new.h5.new-*"))
+
+
+def test_lam_range_and_mask_reach_the_file(ssp, tmp_path):
+    folder, lib = ssp
+    mock = make_cube(tmp_path / "cube.fits", lib, instrument="MUSE", components=ONE_DISK,
+                     nx=4, ny=4, z=0.01, snr_peak=60.0)
+    h5 = tmp_path / "g.h5"
+    run(["ingest", mock.path, "--z", 0.01, "--target-sn", 30, "-o", h5, "--templates", folder,
+         "--lam-range", 4900, 5500, "--mask", "5200-5220", "--quiet"])
+    with h5py.File(h5, "r") as f:
+        lam = np.exp(f["/ObsPix"][...])
+        mask = f["/Mask"][...].astype(bool)
+        assert f["/Kinematics"].attrs["components"] == 1
+    assert lam[0] > 4899 and lam[-1] < 5501
+    assert not mask[(lam > 5201) & (lam < 5219)].any() and mask[(lam > 5230) & (lam < 5300)].all()
