@@ -6,20 +6,13 @@ import pytest
 from cubefit import C_KMS
 from cubefit.ifu.binning import bin_cube
 from cubefit.ifu.losvds import losvds_from_moments, velocity_grid
-from cubefit.ifu.prepare import air_to_vacuum, broaden_templates, prepare_global_fit, vacuum_to_air
+from cubefit.ifu.prepare import broaden_templates, prepare_global_fit
 from cubefit.ifu.readers import FWHM_PER_SIGMA, muse_lsf_fwhm, read_muse
 from cubefit.mock import forward_model, synthetic_templates
 from cubefit.runner import PipelineRunner
 from cubefit.science import analyse, write_truth
 from cubefit.templates import TemplateLibrary
 from ifu_fits import write_muse
-
-
-def test_air_vacuum():
-    # NIST: H-alpha 6564.61 Å in vacuum, 6562.80 Å in air; [O III] 5008.24 / 5006.84.
-    np.testing.assert_allclose(vacuum_to_air([6564.61, 5008.24]), [6562.80, 5006.84], atol=0.01)
-    lam = np.linspace(3500, 10000, 50)
-    np.testing.assert_allclose(air_to_vacuum(vacuum_to_air(lam)), lam, rtol=1e-13)
 
 
 def test_broadening_gives_the_quadrature_width():

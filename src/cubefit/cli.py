@@ -448,6 +448,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="use built-in synthetic templates instead of E-MILES (no download)")
     d.set_defaults(func=cmd_demo)
 
+    from .ifu.cli import add_parser as add_ingest
+    add_ingest(sub)
     from .spectra.cli import add_parser as add_fastspec
     add_fastspec(sub)
     from .spectra.fastphot_cli import add_parser as add_fastphot

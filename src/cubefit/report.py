@@ -8,6 +8,7 @@
 * ``spectrum_best<k>_s<spaxel>.png`` / ``spectrum_worst<k>_s<spaxel>.png``: data, model and
   residual of the best and worst spaxels by χ²/N;
 * ``fit_history.png``: objective and optimality per solver iteration;
+* ``kinematics_maps.png`` (files from ``cubefit ingest``): per-bin v, σ of each component;
 * ``recovery.png`` (mock only): recovered vs true fractions, ages and metallicities;
 * ``summary.json``: the numbers behind all of it;
 * ``report.md``: a short Markdown summary linking the figures.
@@ -173,6 +174,8 @@ def write_report(h5, out_dir, *, title: str = "CubeFit report", run_info: dict |
                                            tol=a.fit_attrs.get("setting.tol"),
                                            title=f"solver {a.fit_attrs.get('solver', '?')}"))
     figs += regul_fig
+    from .ifu.kinmaps import kinematic_map_figures     # files written by `cubefit ingest`
+    figs += kinematic_map_figures(h5, out)
     for old in out.glob("spectrum_*.png"):      # spaxel numbers change from run to run
         old.unlink()
     figs += plots.plot_best_worst(a.lam, a.data, a.model, a.mask, a.chi2, out, n_spectra,

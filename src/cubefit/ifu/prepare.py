@@ -12,9 +12,10 @@
 * ``/Mask (L,)``: pixels bad in every bin and the rest-frame windows ``mask_ranges``
   (e.g. emission lines) are False;
 * ``/Templates``, ``/TemPix``: the library in the data's medium (air ↔ vacuum with the
-  IAU formula of Morton 1991), broadened to the data's instrumental resolution in the
-  rest frame (a Gaussian of FWHM ``sqrt(FWHM_data² − FWHM_templates²)`` varying with λ;
-  templates are never sharpened: where the data are finer, nothing is done), log-rebinned
+  IAU formula of Morton 1991, :mod:`cubefit.spectra.data`), broadened to the data's
+  instrumental resolution in the rest frame (a Gaussian of FWHM
+  ``sqrt(FWHM_data² − FWHM_templates²)`` varying with λ; templates are never sharpened:
+  where the data are finer, nothing is done), log-rebinned
   to ``velscale / velscale_ratio`` and cropped to the fitted range plus the LOSVD kernel;
 * ``/LOSVD (S, V, C)``, ``/VelPix (V,)`` as given (e.g. from
   :func:`cubefit.ifu.losvds.losvds_from_moments`), velocities relative to ``z``;
@@ -35,33 +36,13 @@ import numpy as np
 from .. import C_KMS
 from ..grids import log_grid, log_rebin, rebin_matrix
 from ..science import write_layout, write_template_masses
+from ..spectra.data import air_to_vacuum, vacuum_to_air
 from ..store import H5Dims, H5Manager, open_h5, write_dataset
 from .readers import FWHM_PER_SIGMA
 
 log = logging.getLogger(__name__)
 
-__all__ = ["prepare_global_fit", "rebin_binned", "broaden_templates", "air_to_vacuum",
-           "vacuum_to_air"]
-
-
-def _air_index(lam_vac):
-    s2 = (1e4 / lam_vac) ** 2
-    return 1.0 + 2.735182e-4 + 1.314182e-6 * s2 + 2.76249e-8 * s2 * s2
-
-
-def vacuum_to_air(lam_vac) -> np.ndarray:
-    """Air wavelengths (Å) of vacuum ones (Å): IAU standard (Morton 1991, ApJS 77, 119)."""
-    lam = np.asarray(lam_vac, dtype=np.float64)
-    return lam / _air_index(lam)
-
-
-def air_to_vacuum(lam_air) -> np.ndarray:
-    """Vacuum wavelengths (Å) of air ones: the inverse of :func:`vacuum_to_air` (fixed point)."""
-    air = np.asarray(lam_air, dtype=np.float64)
-    vac = air * _air_index(air)
-    for _ in range(3):
-        vac = air * _air_index(vac)
-    return vac
+__all__ = ["prepare_global_fit", "rebin_binned", "broaden_templates"]
 
 
 def rebin_binned(binned, *, velscale: float | None = None, lam_range=None):
