@@ -251,7 +251,7 @@ class _Joint:
 
     def jacobian(self, theta, rhs=None):
         st = self.evaluate(theta, rhs)
-        w, n = st["w"], self.y.size
+        w = st["w"]
         cols = []
         base = self.sw * st["att"] * st["cw"] / self.a
         for k in range(self.D):

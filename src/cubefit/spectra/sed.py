@@ -47,7 +47,6 @@ import numpy as np
 from scipy.ndimage import gaussian_filter1d
 from scipy.optimize import minimize_scalar, nnls
 
-from .. import C_KMS
 from .filters import band_matrix, band_support
 from .photometry import Photometry
 
