@@ -464,16 +464,22 @@ def main(argv=None) -> int:
                         format="[cubefit] %(message)s")
     if getattr(args, "wait", False):        # read by every writer through get_config()
         os.environ["CUBEFIT_LOCK_WAIT"] = "inf"
+    return run_command(f"cubefit {args.command}", args.func, args)
+
+
+def run_command(prog: str, func, args) -> int:
+    """``func(args)`` as a command: its exit status, 130 after Ctrl-C, and for any error one
+    line ``PROG: error: …`` in command-line terms (:func:`cli_message`) and status 1, or the
+    traceback with ``--debug``.  Shared by ``cubefit``, ``fastspec`` and ``fastphot``."""
     try:
-        return int(args.func(args) or 0)
+        return int(func(args) or 0)
     except KeyboardInterrupt:
-        print(f"cubefit {args.command}: interrupted (files are left as they were, or resumable)",
-              file=sys.stderr)
+        print(f"{prog}: interrupted (files are left as they were, or resumable)", file=sys.stderr)
         return 130
     except Exception as exc:  # one clear line for users; --debug for developers
-        if args.debug:
+        if getattr(args, "debug", False):
             raise
-        print(f"cubefit {args.command}: error: {cli_message(str(exc), getattr(args, 'file', 'FILE'))}",
+        print(f"{prog}: error: {cli_message(str(exc), getattr(args, 'file', 'FILE'))}",
               file=sys.stderr)
         print("  (run with --debug for the full traceback)", file=sys.stderr)
         return 1

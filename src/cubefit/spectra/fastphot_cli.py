@@ -214,17 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     """Entry point of the ``fastphot`` console script."""
+    from ..cli import run_command
     args = build_parser().parse_args(argv)
-    try:
-        return run(args)
-    except KeyboardInterrupt:
-        print("fastphot: interrupted", file=sys.stderr)
-        return 1
-    except Exception as exc:  # one clear line for users; --debug for developers
-        if args.debug:
-            raise
-        print(f"fastphot: error: {exc}", file=sys.stderr)
-        return 1
+    return run_command("fastphot", run, args)
 
 
 if __name__ == "__main__":
