@@ -221,14 +221,17 @@ class LOSVDOperator(KernelSpectraCache, ExplicitColumns):
     # -- construction helpers ----------------------------------------------------------
     @classmethod
     def from_h5(cls, path, *, norm_mode: str = "model", amp_mode: str = "sum",
-                lambda_weights="auto", use_ivar: bool = True, config=None, **kwargs) -> "LOSVDOperator":
+                lambda_weights="auto", use_ivar: bool = True, config=None, spaxels: slice | None = None,
+                **kwargs) -> "LOSVDOperator":
         """Operator of a populated file (:func:`cubefit.store.read_inputs`).
 
         ``lambda_weights``: ``"auto"`` uses the file's λ-weights dataset
         (``Config.lambda_weights_dset``) when present and ``Config.lambda_weights_enable``,
         ``None`` disables them, an ``(L,)`` array overrides them.  ``use_ivar``: weight
-        by ``1/Noise²`` when ``/Noise`` is stored.  ``backend`` defaults to
-        ``Config.backend`` (``CUBEFIT_BACKEND``).  Other keywords go to the constructor.
+        by ``1/Noise²`` when ``/Noise`` is stored.  ``spaxels``: a slice of spaxels, the
+        operator of those rows only (what one process of a distributed fit reads and
+        holds).  ``backend`` defaults to ``Config.backend`` (``CUBEFIT_BACKEND``).  Other
+        keywords go to the constructor.
         """
         from .config import get_config
         from .h5io import check_unchanged, file_state
@@ -240,7 +243,7 @@ class LOSVDOperator(KernelSpectraCache, ExplicitColumns):
             raise ValueError(f"lambda_weights: expected 'auto', None or an (L,) array, got "
                              f"{lambda_weights!r}")
         state = file_state(path, cfg)          # the inputs and weights must not change meanwhile
-        inp = read_inputs(path, config=cfg)
+        inp = read_inputs(path, config=cfg, spaxels=spaxels)
         if isinstance(lambda_weights, str):
             lambda_weights = None
             if cfg.lambda_weights_enable:

@@ -706,8 +706,13 @@ class Inputs:
             return 1.0 / self.noise**2
 
 
-def read_inputs(path, config: Config | None = None) -> Inputs:
-    """Read a populated file's inputs (run ``ensure_rebin_and_resample`` first)."""
+def read_inputs(path, config: Config | None = None, spaxels: slice | None = None) -> Inputs:
+    """Read a populated file's inputs (run ``ensure_rebin_and_resample`` first).
+
+    ``spaxels``: read only these spaxels' data, LOSVDs, noise and data flux (a process of
+    a distributed fit reads its own share, never the whole cube); default all.
+    """
+    sel = slice(None) if spaxels is None else spaxels
     with open_h5(path, "r", config=config) as f:
         missing = [n for n in ("/Templates", "/TemPix", "/ObsPix", "/VelPix", "/LOSVD", "/DataCube")
                    if n not in f]
@@ -716,10 +721,11 @@ def read_inputs(path, config: Config | None = None) -> Inputs:
         get = lambda n: f[n][...] if n in f else None  # noqa: E731
         dims = H5Dims(**{k: int(v) for k, v in zip(f.attrs["dims_names"], f.attrs["dims"])})
         mask = get("/Mask")
+        rows = lambda n: f[n][sel] if n in f else None  # noqa: E731
         return Inputs(path=Path(path), dims=dims, templates=get("/Templates"), tem_pix=get("/TemPix"),
-                      obs_pix=get("/ObsPix"), vel_pix=get("/VelPix"), losvd=get("/LOSVD"),
-                      datacube=get("/DataCube"),
+                      obs_pix=get("/ObsPix"), vel_pix=get("/VelPix"), losvd=rows("/LOSVD"),
+                      datacube=rows("/DataCube"),
                       mask=np.ones(dims.nLSpec, bool) if mask is None else mask.astype(bool),
-                      noise=get("/Noise"), R=read_rebin(f), data_flux=get("/HyperCube/data_flux"),
+                      noise=rows("/Noise"), R=read_rebin(f), data_flux=rows("/HyperCube/data_flux"),
                       comp_weights=get("/CompWeights"),
                       pop_axes={k: v[...] for k, v in f["/PopAxes"].items()} if "/PopAxes" in f else {})

@@ -51,7 +51,7 @@ import importlib
 import numpy as np
 from scipy.sparse.linalg import LinearOperator
 
-from .problem import LeastSquares
+from .problem import LeastSquares, as_problem
 from .result import SolverResult
 from .stopping import Convergence, limit_reached
 
@@ -142,7 +142,7 @@ def lsq_trf(A, y=None, *, x0=None, gtol: float = 1e-6, ftol: float = 1e-12, wind
     points, so their optimality is large until the weights at the bound are snapped).
     """
     trf_linear = _engine("trf_linear", "trf_linear")
-    prob = LeastSquares(A, y)
+    prob = as_problem(A, y)
     conv = Convergence(prob, gtol, ftol, window)
     if not np.any(prob.b > 0):
         # ∇f(0) = −Ãᵀỹ ≥ 0: x = 0 passes the KKT test and is the optimum (convexity).
@@ -222,7 +222,7 @@ def lsq_bvls(A, y=None, *, x0=None, gtol: float = 1e-6, ftol: float = 1e-12,
     passes for the certificate.
     """
     bvls = _engine("bvls", "bvls")
-    prob = LeastSquares(A, y)
+    prob = as_problem(A, y)
     need = 8 * prob.m * prob.n
     if need > max_dense_bytes:
         raise ValueError(f"bvls: the dense ({prob.m}, {prob.n}) matrix needs {need / 2**30:.2f} GiB, "

@@ -22,7 +22,7 @@ import numpy as np
 from scipy.linalg import LinAlgError, cho_factor, cho_solve, lapack, solve_triangular
 from scipy.optimize import nnls
 
-from .problem import LeastSquares
+from .problem import as_problem
 from .result import SolverResult
 
 __all__ = ["nnls_on_gram", "nnls_gram"]
@@ -110,7 +110,7 @@ def nnls_gram(A, y=None, *, x0=None, gtol: float = 1e-6) -> SolverResult:
     0 when rounding in the Gram matrix (condition number squared) leaves the
     projected gradient above ``gtol`` — then use :func:`nnls_working_set`.
     """
-    prob = LeastSquares(A, y)
+    prob = as_problem(A, y)
     if x0 is not None:
         x = prob.check_x0(x0)
         cost, grad, _ = prob.evaluate(x)

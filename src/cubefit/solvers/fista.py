@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .problem import LeastSquares
+from .problem import LeastSquares, as_problem
 from .result import SolverResult
 from .stopping import limit_reached
 
@@ -59,7 +59,7 @@ def fista(A, y=None, *, x0=None, gtol: float = 1e-6, ftol: float = 1e-10, window
     status 0.  ``x0``: warm start ``(n,) ≥ 0``.  ``lipschitz``: ``‖Ã‖²`` if known
     (skips the power iteration).
     """
-    prob = LeastSquares(A, y)
+    prob = as_problem(A, y)
     L = float(lipschitz) if lipschitz is not None else power_lipschitz(prob)
     x = np.zeros(prob.n) if x0 is None else prob.check_x0(x0)
     Ax = prob.matvec(x) if x.any() else np.zeros(prob.m)

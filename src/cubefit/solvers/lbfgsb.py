@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.optimize import Bounds, minimize
 
-from .problem import LeastSquares
+from .problem import as_problem
 from .result import SolverResult
 from .stopping import Convergence, limit_reached
 
@@ -43,7 +43,7 @@ def lbfgsb(A, y=None, *, x0=None, gtol: float = 1e-6, ftol: float = 1e-12, windo
     ``nit`` counts L-BFGS-B iterations; the history has one entry for ``x0`` and one
     per iteration.
     """
-    prob = LeastSquares(A, y)
+    prob = as_problem(A, y)
     conv = Convergence(prob, gtol, ftol, window)
     x = np.zeros(prob.n) if x0 is None else prob.check_x0(x0)
     last = {}                        # the latest evaluation: SciPy asks for f and ∇f at x once

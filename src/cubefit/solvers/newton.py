@@ -56,7 +56,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .problem import LeastSquares
+from .problem import LeastSquares, as_problem
 from .result import SolverResult
 from .stopping import Convergence, limit_reached
 
@@ -102,7 +102,7 @@ def newton_cg(A, y=None, *, x0=None, gtol: float = 1e-6, ftol: float = 1e-12,
         raise ValueError(f"progress: expected a fraction in [0, 1), got {progress!r}")
     if max_cg is not None and int(max_cg) < 1:
         raise ValueError(f"max_cg: expected at least 1 CG step, got {max_cg!r}")
-    prob = LeastSquares(A, y)
+    prob = as_problem(A, y)
     conv = Convergence(prob, gtol, ftol, 1)
     if x0 is None:
         x = np.zeros(prob.n)
@@ -167,7 +167,7 @@ def _newton_step(prob: LeastSquares, x, free, r, cost, grad, eta, progress, max_
     if gamma0 == 0.0 or np.abs(z).max() <= small:
         return x, r, cost, grad, True
     n_free = int(free.sum())
-    if n_free <= direct_face and 8 * prob.m * n_free <= _FACE_BYTES:
+    if n_free <= direct_face and 8 * prob.m * n_free <= _FACE_BYTES and prob.columns_are_global:
         x, r, g = _exact_face_step(prob, x, free, r)
         return x, r, prob.half_sq(r), g, True
     else:

@@ -24,7 +24,7 @@ from scipy.sparse.linalg import aslinearoperator
 
 from .result import SolverResult, STATUS, relative_optimality
 
-__all__ = ["LeastSquares", "Problem", "BlockOperator", "PROGRESS", "DEADLINE"]
+__all__ = ["LeastSquares", "Problem", "BlockOperator", "as_problem", "PROGRESS", "DEADLINE"]
 
 PROGRESS: contextvars.ContextVar = contextvars.ContextVar("cubefit_solver_progress", default=None)
 """Progress callback ``fn(step, x, cost)`` of the solve in progress, installed by
@@ -146,6 +146,16 @@ class LeastSquares:
     def out_of_time(self) -> bool:
         """Whether the solve's ``time_limit`` (:data:`DEADLINE`) has passed."""
         return self._deadline is not None and time.monotonic() >= self._deadline
+
+    @property
+    def shape(self) -> tuple:
+        """``(m, n)``: rows (this process's, for a distributed problem) and unknowns."""
+        return (self.m, self.n)
+
+    columns_are_global = True
+    """Whether :meth:`columns` returns whole columns (all rows).  A problem whose rows are
+    spread over processes returns only its own rows there: solvers then take their
+    explicit-column products from :meth:`gram`, which reduces them."""
 
     @property
     def stored_matrix(self) -> bool:
@@ -318,3 +328,14 @@ class LeastSquares:
                             passes=self.passes, gram_columns=self.gram_columns, status=int(status),
                             success=status == 1, message=message or STATUS[status], method=method,
                             timings=timings, history=self.history)
+
+
+def as_problem(A, y=None) -> LeastSquares:
+    """``A`` itself when it is already a :class:`LeastSquares` (e.g. a distributed one,
+    :class:`cubefit.mpi.DistributedLeastSquares`) and no ``y`` is given, else
+    ``LeastSquares(A, y)``: what every solver calls first."""
+    if isinstance(A, LeastSquares):
+        if y is not None:
+            raise ValueError("y: a LeastSquares problem carries its own data; pass y=None")
+        return A
+    return LeastSquares(A, y)

@@ -24,7 +24,7 @@ import time
 import numpy as np
 
 from .exact import nnls_on_gram
-from .problem import LeastSquares
+from .problem import LeastSquares, as_problem
 from .result import SolverResult
 from .stopping import limit_reached
 
@@ -65,7 +65,7 @@ def nnls_working_set(A, y=None, *, x0=None, gtol: float = 1e-6, ftol: float = 1e
     test passes; 2 when it has settled but the test fails (rounding in the restricted
     Gram solve); 0 at a limit.
     """
-    prob = LeastSquares(A, y)
+    prob = as_problem(A, y)
     n = prob.n
     b = prob.b
     tau = vtol * prob.grad0_norm
@@ -146,7 +146,8 @@ class _ColumnCache:
 
     def __init__(self, prob: LeastSquares, max_bytes: int):
         self.prob = prob
-        self.max_cols = int(max_bytes) // (8 * max(prob.m, 1))
+        # Local columns of a distributed problem cannot make Gram rows alone: use prob.gram.
+        self.max_cols = int(max_bytes) // (8 * max(prob.m, 1)) if prob.columns_are_global else 0
         self.blocks: list[np.ndarray] | None = []    # Ã_Wᵀ by rounds: rows are columns of Ã
         self.k = 0                                    # columns held
 
