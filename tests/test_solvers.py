@@ -270,3 +270,20 @@ def test_bvls_certifies_a_one_weight_problem():
     x_ref, rnorm = nnls(a, y)
     assert r.status == 1 and r.x == pytest.approx(x_ref, rel=1e-12)
     assert r.cost == pytest.approx(0.5 * rnorm**2, rel=1e-12)
+
+
+def test_warm_gram_nnls_equals_scipy_from_any_guess():
+    """nnls_on_gram_warm: from the right, a wrong, an empty or no active set, the optimum of
+    scipy's nnls on the same least-squares problem; a kept warm solve keeps its set."""
+    from scipy.optimize import nnls as scipy_nnls
+    from cubefit.solvers.exact import nnls_on_gram_warm
+    rng = np.random.default_rng(11)
+    A = rng.uniform(0.5, 1.5, (60, 8))
+    y = A @ np.r_[1.0, 0, 2.0, 0, 0, 0.5, 0, 0] + 0.05 * rng.standard_normal(60)
+    x_ref = scipy_nnls(A, y)[0]
+    G, c = A.T @ A, A.T @ y
+    right = np.flatnonzero(x_ref > 0)
+    for guess in (right, np.arange(8), np.array([3, 4], dtype=int), None):
+        w, active = nnls_on_gram_warm(G, c, guess, max_pivot_ratio=1e4)
+        np.testing.assert_allclose(w, x_ref, rtol=1e-8, atol=1e-10)
+        assert np.array_equal(active, right)

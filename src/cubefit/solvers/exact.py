@@ -25,7 +25,7 @@ from scipy.optimize import nnls
 from .problem import as_problem
 from .result import SolverResult
 
-__all__ = ["nnls_on_gram", "nnls_gram"]
+__all__ = ["nnls_on_gram", "nnls_on_gram_warm", "nnls_gram"]
 
 PDAS_MAX_ITER = 30
 """Primal-dual active-set steps before :func:`nnls_on_gram` falls back to Lawson–Hanson."""
@@ -124,3 +124,33 @@ def nnls_gram(A, y=None, *, x0=None, gtol: float = 1e-6) -> SolverResult:
     opt = prob.optimality(x, grad)
     prob.record(cost, opt)
     return prob.result("gram", x, cost, opt, 1, 1 if opt <= gtol else 0)
+
+
+def nnls_on_gram_warm(G, c, active=None, max_pivot_ratio: float | None = None):
+    """:func:`nnls_on_gram` started from a guessed active set; returns ``(w, active)``.
+
+    Between nearby evaluations of a non-linear search (or Monte-Carlo refits) the set of
+    positive weights rarely changes: solve on ``active`` by Cholesky and keep the answer
+    when it is a KKT point (every weight > 0, every other multiplier ``(Gw − c)_j ≥
+    −tol``), else solve from scratch.  ``max_pivot_ratio``: also fall back when the
+    Cholesky pivots of the active block spread by more than this (ill-conditioned).
+    ``active`` is returned unchanged after a kept warm solve, else the new positive set.
+    """
+    if active is not None and active.size:
+        try:
+            L = cho_factor(G[np.ix_(active, active)], check_finite=False)
+            dg = np.abs(np.diag(L[0]))
+            if max_pivot_ratio is None or dg.max() < max_pivot_ratio * dg.min():
+                z = cho_solve(L, c[active], check_finite=False)
+                if np.all(z > 0):
+                    w = np.zeros(c.size)
+                    w[active] = z
+                    lam = G @ w - c
+                    lam[active] = 0.0
+                    tol = 1e-9 * np.sqrt(np.clip(np.diag(G), 0, None) * max(float(c @ w), 1e-300))
+                    if np.all(lam >= -tol):
+                        return w, active
+        except LinAlgError:
+            pass
+    w = nnls_on_gram(G, c)
+    return w, np.flatnonzero(w > 0)

@@ -56,10 +56,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.polynomial import legendre
-from scipy.linalg import cho_factor, cho_solve
 from scipy.optimize import least_squares
 
-from ..solvers.exact import nnls_on_gram
+from ..solvers.exact import nnls_on_gram_warm
 from .continuum import ContinuumOptions, ContinuumResult, continuum_basis
 from .data import Spectrum, air_to_vacuum
 from .derived import (PHOT_COLUMNS, aperture_correction, derived_row, get_cosmology, luminosity_distance_cm,
@@ -223,27 +222,11 @@ class _Joint:
         self._st = dict(w=w, resid=rhs - fit, As=As, Ap=Ap, cw=cw, u=u, att=att, tau=tau)
         return self._st
 
-    def _nnls(self, G, c):
+    def _nnls(self, G, c) -> np.ndarray:
         """NNLS on the Gram matrix, first on the previous active set (kept when it is a KKT
         point: positive weights, every other multiplier ``(Gw − c)_j ≥ −tol``), which is
         what nearby evaluations of a least-squares search and Monte-Carlo refits share."""
-        F = self._active
-        if F is not None and F.size:
-            try:
-                L = cho_factor(G[np.ix_(F, F)], check_finite=False)
-                z = cho_solve(L, c[F], check_finite=False)
-                if np.all(z > 0):
-                    w = np.zeros(c.size)
-                    w[F] = z
-                    lam = G @ w - c
-                    lam[F] = 0.0
-                    tol = 1e-9 * np.sqrt(np.clip(np.diag(G), 0, None) * max(float(c @ w), 1e-300))
-                    if np.all(lam >= -tol):
-                        return w
-            except np.linalg.LinAlgError:
-                pass
-        w = nnls_on_gram(G, c)
-        self._active = np.flatnonzero(w > 0)
+        w, self._active = nnls_on_gram_warm(G, c, self._active)
         return w
 
     def residual(self, theta, rhs=None):

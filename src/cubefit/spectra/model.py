@@ -39,14 +39,14 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.fft
-from scipy.linalg import cho_factor, cho_solve, solve_triangular
+from scipy.linalg import solve_triangular
 from extinction import calzetti00
 from numpy.polynomial import legendre
 
 from .. import C_KMS
 from ..grids import rebin_matrix
 from ..losvd import gauss_hermite_rfft
-from ..solvers.exact import nnls_on_gram
+from ..solvers.exact import nnls_on_gram_warm
 from .data import FWHM_PER_SIGMA, Spectrum, air_to_vacuum
 from .templates_prep import MAX_DATA_SIGMA, PreparedTemplates
 
@@ -423,25 +423,7 @@ class TargetModel:
         Between nearby evaluations the active set rarely changes: solve on it, and
         keep the answer only if it is a KKT point (weights > 0, every inactive
         multiplier ``(Gw − c)_j ≥ −tol``); otherwise :func:`nnls_on_gram`."""
-        F = self._active
-        if F is not None and F.size:
-            try:
-                L = cho_factor(G[np.ix_(F, F)], check_finite=False)
-                dg = np.abs(np.diag(L[0]))
-                if dg.max() < 1e4 * dg.min():
-                    z = cho_solve(L, c[F], check_finite=False)
-                    if np.all(z > 0):
-                        w = np.zeros(c.size)
-                        w[F] = z
-                        lam = G @ w - c
-                        tol = 1e-9 * np.sqrt(np.clip(np.diag(G), 0, None) * max(float(c @ w), 1e-300))
-                        lam[F] = 0.0
-                        if np.all(lam >= -tol):
-                            return w
-            except np.linalg.LinAlgError:
-                pass
-        w = nnls_on_gram(G, c)
-        self._active = np.flatnonzero(w > 0)
+        w, self._active = nnls_on_gram_warm(G, c, self._active, max_pivot_ratio=1e4)
         return w
 
     def residual(self, theta) -> np.ndarray:
