@@ -181,16 +181,9 @@ class ComponentModel(TargetModel):
             factors.append(fac)
             parts.append(col * (fac * cam.sw[cam.good]))
         At = np.concatenate(parts, axis=1)
-        Q, y = self.Q, self.y
-        AQ = At @ Q
-        yQ = Q.T @ y
-        G = At @ At.T - AQ @ AQ.T
-        rhs = At @ y - AQ @ yQ
-        w = self._nnls(G, rhs)
-        a = yQ - AQ.T @ w
-        fit = w @ At + Q @ a
+        w, a, AQ, _, _, fit = self._linear_optimum(At)
         self._state = dict(key=key, theta=np.array(theta, dtype=np.float64), w=w, a=a, At=At, AQ=AQ,
-                           cols=cols, factors=factors, losvd=losvd, resid=y - fit, clipped=clipped)
+                           cols=cols, factors=factors, losvd=losvd, resid=self.y - fit, clipped=clipped)
         return self._state
 
     def jacobian(self, theta) -> np.ndarray:

@@ -387,14 +387,7 @@ class TargetModel:
             factors.append(fac)
             parts.append(col * (fac * c.sw[c.good]))
         At = np.concatenate(parts, axis=1)                                    # (P_s, n_good)
-        Q, y = self.Q, self.y
-        AQ = At @ Q
-        yQ = Q.T @ y
-        G = At @ At.T - AQ @ AQ.T
-        rhs = At @ y - AQ @ yQ
-        ws = self._nnls(G, rhs)
-        a = yQ - AQ.T @ ws
-        fit = ws @ At + Q @ a
+        ws, a, AQ, G, rhs, fit = self._linear_optimum(At)
         if self._sub is None:
             w = ws
         else:
@@ -402,9 +395,24 @@ class TargetModel:
             w[self._sub] = ws
         self.n_eval += 1
         self._state = dict(key=key, theta=np.array(theta, dtype=np.float64), w=w, ws=ws, a=a, At=At,
-                           AQ=AQ, G=G, rhs=rhs, cols=cols, factors=factors, losvd=losvd, resid=y - fit,
-                           clipped=clipped)
+                           AQ=AQ, G=G, rhs=rhs, cols=cols, factors=factors, losvd=losvd,
+                           resid=self.y - fit, clipped=clipped)
         return self._state
+
+    def _linear_optimum(self, At):
+        """The exact linear part at fixed kinematics: template weights ``w ≥ 0`` (NNLS on
+        the Gram matrix with the additive polynomials ``Q`` projected out) and polynomial
+        coefficients ``a`` for the weighted columns ``At (P_s, n_good)``.  Returns
+        ``(w, a, AQ, G, rhs, fit)``: also ``AQ = At Q``, the projected Gram matrix and
+        right-hand side, and the fitted weighted model."""
+        Q, y = self.Q, self.y
+        AQ = At @ Q
+        yQ = Q.T @ y
+        G = At @ At.T - AQ @ AQ.T
+        rhs = At @ y - AQ @ yQ
+        w = self._nnls(G, rhs)
+        a = yQ - AQ.T @ w
+        return w, a, AQ, G, rhs, w @ At + Q @ a
 
     def kkt_gaps(self, theta) -> np.ndarray:
         """``(P_s,)`` NNLS multipliers ``(Gw − c)_j / ‖A_j‖`` of the templates in use at
